@@ -1,0 +1,3 @@
+"""Continuous-time music emotion recognition service (arousal/valence per 500 ms frame)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""One error hierarchy for the whole service.
+
+Every error the core raises is a :class:`ServiceError`; its class carries the HTTP status and a stable
+machine-readable ``code``, so the HTTP layer needs exactly one handler and one JSON shape
+(``{"error": {"code", "message"}}``). The core modules never import the web framework.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base class of every error the service reports to a client.
+
+    Attributes:
+        status_code: HTTP status the error maps to.
+        code: Stable, machine-readable error code.
+        message: Human-readable explanation.
+    """
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        """Return the one JSON error shape."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class UnsupportedAudioError(ServiceError):
+    """The bytes are not audio in a format we can decode (or the sample rate is out of range)."""
+
+    status_code = 415
+    code = "unsupported_audio"
+
+
+class CorruptAudioError(ServiceError):
+    """The format was recognised but the data is damaged (truncated, non-finite samples, ...)."""
+
+    status_code = 422
+    code = "corrupt_audio"
+
+
+class EmptyAudioError(ServiceError):
+    """The audio holds no samples at all."""
+
+    status_code = 422
+    code = "empty_audio"
+
+
+class AudioTooShortError(ServiceError):
+    """The audio is shorter than one analysis frame."""
+
+    status_code = 422
+    code = "audio_too_short"
+
+
+class AudioTooLongError(ServiceError):
+    """The audio is longer than the configured maximum duration."""
+
+    status_code = 413
+    code = "audio_too_long"
+
+
+class PayloadTooLargeError(ServiceError):
+    """The request body exceeds the configured byte limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidFeaturesError(ServiceError):
+    """A precomputed feature array has the wrong shape, dtype or non-finite values."""
+
+    status_code = 422
+    code = "invalid_features"
+
+
+class InvalidRequestError(ServiceError):
+    """A request parameter is out of range or inconsistent."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class ContractError(ServiceError):
+    """A model's I/O contract is missing, inconsistent, or cannot be honoured by this build."""
+
+    status_code = 500
+    code = "invalid_contract"
+
+
+class ModelNotReadyError(ServiceError):
+    """No model is loaded (missing or invalid model file) or it has not warmed up yet."""
+
+    status_code = 503
+    code = "model_not_ready"
+
+
+class OverloadedError(ServiceError):
+    """The service is saturated; the client should retry after a short delay."""
+
+    status_code = 503
+    code = "overloaded"

@@ -1,0 +1,1 @@
+"""Training, evaluation and ONNX export (imports app.contract and app.features, never the HTTP layer)."""
