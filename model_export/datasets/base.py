@@ -1,0 +1,47 @@
+"""What every dataset recipe returns: clips with per-frame targets on the contract's frame grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+#: Order of the target columns, matching the model's outputs.
+TARGETS = ("arousal", "valence")
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """One labelled clip.
+
+    Attributes:
+        clip_id: Identifier, unique within the dataset.
+        audio_path: Audio file to decode.
+        targets: ``(T, 2)`` float32 arousal/valence on the [-1, 1] scale; row ``k`` labels the frame
+            covering ``[offset_s + 0.5 k, offset_s + 0.5 k + 0.5)`` s of the audio file.
+        offset_s: Where frame 0 starts in the audio file, in seconds.
+        group: Cross-validation group (song/piece): folds never split a group.
+    """
+
+    clip_id: str
+    audio_path: Path
+    targets: npt.NDArray[np.float32]
+    offset_s: float = 0.0
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        t = np.asarray(self.targets, dtype=np.float32)
+        if t.ndim != 2 or t.shape[1] != len(TARGETS) or t.shape[0] == 0:
+            raise ValueError(f"{self.clip_id}: targets must be (T>0, 2), got {t.shape}")
+        if not np.all(np.isfinite(t)) or np.abs(t).max() > 1.0 + 1e-6:
+            raise ValueError(f"{self.clip_id}: targets must be finite and within [-1, 1]")
+        object.__setattr__(self, "targets", t)
+        if not self.group:
+            object.__setattr__(self, "group", self.clip_id)
+
+    @property
+    def num_frames(self) -> int:
+        """Number of labelled frames T."""
+        return int(self.targets.shape[0])
