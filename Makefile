@@ -18,7 +18,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,dev,train]'
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from app.contract import FeatureConfig, ModelContract
+from app.errors import AudioTooShortError, ContractError, CorruptAudioError
+from app.features import FeatureExtractor, names_sha256, num_frames, opensmile_version
+
+SR = 16_000
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "frames"),
+    [(0.5, 1), (0.99, 1), (30.0, 60), (30.06, 60), (30.5, 61), (45.0, 90)],
+)
+def test_frame_policy_shape_and_timing(
+    extractor16k: FeatureExtractor, music16k: np.ndarray, duration_s: float, frames: int
+) -> None:
+    x = music16k[: round(duration_s * SR)]
+    feats = extractor16k.extract(x)
+    assert num_frames(x.size, extractor16k.config) == frames
+    assert feats.values.shape == (frames, 6373)
+    assert feats.values.dtype == np.float32
+    assert np.all(np.isfinite(feats.values))
+    np.testing.assert_allclose(feats.starts, 0.5 * np.arange(frames))
+    np.testing.assert_allclose(feats.ends, 0.5 * np.arange(frames) + 0.5)
+
+
+def test_44k_analysis_rate_gives_the_same_grid() -> None:
+    from tests.conftest import synth_music
+
+    fx = FeatureExtractor(FeatureConfig(sample_rate=44_100))
+    feats = fx.extract(synth_music(30.0, 44_100))
+    assert feats.values.shape == (60, 6373)
+    assert np.all(np.isfinite(feats.values))
+
+
+def test_features_are_bit_identical_across_calls(
+    extractor16k: FeatureExtractor, music16k: np.ndarray
+) -> None:
+    a = extractor16k.extract(music16k[: 10 * SR]).values
+    b = extractor16k.extract(music16k[: 10 * SR].copy()).values
+    assert np.array_equal(a, b)
+
+
+def test_concurrent_extraction_on_one_extractor(extractor16k: FeatureExtractor, music16k: np.ndarray) -> None:
+    clips = [music16k[i * SR : (i + 6) * SR] for i in range(4)]
+    alone = [extractor16k.extract(c).values for c in clips]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda c: extractor16k.extract(c).values, clips))
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_prefix_gives_the_first_frames_exactly(
+    extractor16k: FeatureExtractor, music16k: np.ndarray
+) -> None:
+    whole = extractor16k.extract(music16k).values
+    # With the look-ahead present, a prefix reproduces the whole clip's frames bit for bit ...
+    prefix = extractor16k.extract(music16k[: int(20.1 * SR)]).values
+    assert prefix.shape[0] == 40
+    assert np.array_equal(prefix, whole[:40])
+    # ... and without it only the last frame (zeros as look-ahead) may differ.
+    cut = extractor16k.extract(music16k[: 20 * SR]).values
+    assert np.array_equal(cut[:39], whole[:39])
+
+
+def test_full_scale_does_not_wrap_around(extractor16k: FeatureExtractor, music16k: np.ndarray) -> None:
+    x = music16k[: 2 * SR] * 20  # heavily clipped: many samples at exactly +-1.0
+    x = np.clip(x, -1.0, 1.0)
+    assert np.sum(x == 1.0) > 100
+    a = extractor16k.extract(x).values
+    b = extractor16k.extract(np.clip(x, -1.0, 32767 / 32768)).values
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [0, 1, SR // 2 - 1])
+def test_shorter_than_one_frame_is_an_error(extractor16k: FeatureExtractor, n: int) -> None:
+    with pytest.raises(AudioTooShortError):
+        extractor16k.extract(np.zeros(n, dtype=np.float32))
+
+
+def test_non_finite_samples_are_an_error(extractor16k: FeatureExtractor, music16k: np.ndarray) -> None:
+    x = music16k[:SR].copy()
+    x[10] = np.inf
+    with pytest.raises(CorruptAudioError):
+        extractor16k.extract(x)
+
+
+@pytest.mark.parametrize("level", [0.0, 1e-6])
+def test_silence_gives_finite_features(extractor16k: FeatureExtractor, level: float) -> None:
+    rng = np.random.default_rng(0)
+    x = (level * rng.standard_normal(2 * SR)).astype(np.float32)
+    feats = extractor16k.extract(x).values
+    assert feats.shape == (4, 6373)
+    assert np.all(np.isfinite(feats))
+
+
+def test_rejects_multichannel_input(extractor16k: FeatureExtractor) -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        extractor16k.extract(np.zeros((2, SR), dtype=np.float32))
+
+
+def test_feature_names_and_hash(extractor16k: FeatureExtractor) -> None:
+    assert extractor16k.num_features == 6373
+    assert extractor16k.feature_names_sha256 == names_sha256(extractor16k.feature_names)
+    assert len(set(extractor16k.feature_names)) == 6373
+
+
+def test_unsupported_config_is_refused() -> None:
+    with pytest.raises(ContractError, match="window_s"):
+        FeatureExtractor(FeatureConfig(window_s=1.0, hop_s=1.0))
+    with pytest.raises(ContractError, match="overlap"):
+        FeatureExtractor(FeatureConfig(hop_s=0.25))
+
+
+def _contract(fx: FeatureExtractor) -> ModelContract:
+    return ModelContract(
+        features=fx.config,
+        num_features=fx.num_features,
+        feature_names_sha256=fx.feature_names_sha256,
+        opensmile_version=opensmile_version(),
+        norm_mean=np.zeros(fx.num_features, dtype=np.float32),
+        norm_std=np.ones(fx.num_features, dtype=np.float32),
+    )
+
+
+def test_check_contract_accepts_its_own(extractor16k: FeatureExtractor) -> None:
+    extractor16k.check_contract(_contract(extractor16k))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"features": FeatureConfig(sample_rate=44_100)}, "features"),
+        ({"feature_names_sha256": "0" * 64}, "names"),
+        ({"opensmile_version": "1.0.0"}, "opensmile"),
+    ],
+)
+def test_check_contract_refuses_what_it_cannot_honour(
+    extractor16k: FeatureExtractor, change: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ContractError, match=match):
+        extractor16k.check_contract(replace(_contract(extractor16k), **change))  # type: ignore[arg-type]
