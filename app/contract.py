@@ -34,6 +34,10 @@ METADATA_PREFIX = "mer."
 #: gives floor(D / hop) frames and a trailing partial window is dropped.
 FRAME_POLICY = "complete-windows-v1"
 SUPPORTED_FEATURE_SETS = {("ComParE_2016", "Functionals"): 6373}
+#: Compressions applied to raw features before standardisation. Some ComParE functionals reach ~1e12
+#: on near-silent frames; ``signed_log1p`` (sign(x) * log(1 + |x|)) keeps such values from dominating
+#: the statistics while staying monotonic and nearly linear for |x| < 1.
+FEATURE_TRANSFORMS = ("none", "signed_log1p")
 #: Window lengths for which this build ships an openSMILE frame-mode configuration.
 SUPPORTED_WINDOWS_S = (0.5,)
 MIN_SAMPLE_RATE = 8_000
@@ -88,8 +92,10 @@ class ModelContract:
         num_features: Width F of a feature row.
         feature_names_sha256: SHA-256 of the ordered feature names joined by newlines.
         opensmile_version: Version of the ``opensmile`` package that computed the training features.
-        norm_mean: Per-feature mean of the training data, shape (F,), float32.
-        norm_std: Per-feature standard deviation of the training data, shape (F,), float32, > 0.
+        norm_mean: Per-feature mean of the (transformed) training data, shape (F,), float32.
+        norm_std: Per-feature standard deviation of the (transformed) training data, (F,), > 0.
+        feature_transform: Compression applied before standardisation (:data:`FEATURE_TRANSFORMS`).
+        clip_z: Standardised values are clipped to [-clip_z, clip_z].
         outputs: Names of the model outputs, in order (last axis of the output tensor).
         output_range: Closed interval every output lies in.
         contract_version: Layout version of the metadata.
@@ -103,6 +109,8 @@ class ModelContract:
     norm_std: FloatArray = field(repr=False)
     outputs: tuple[str, ...] = ("arousal", "valence")
     output_range: tuple[float, float] = (-1.0, 1.0)
+    feature_transform: str = "signed_log1p"
+    clip_z: float = 10.0
     contract_version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -133,8 +141,23 @@ class ModelContract:
             "opensmile_version": self.opensmile_version,
             "outputs": list(self.outputs),
             "output_range": list(self.output_range),
+            "feature_transform": self.feature_transform,
+            "clip_z": self.clip_z,
             "contract_version": self.contract_version,
         }
+
+    def normalise(self, features: npt.ArrayLike) -> FloatArray:
+        """Reference implementation of the model's input normalisation (the ONNX graph does the same).
+
+        Args:
+            features: Raw ``(..., F)`` features from :mod:`app.features`.
+
+        Returns:
+            ``clip((transform(x) - norm_mean) / norm_std, -clip_z, clip_z)`` as float32.
+        """
+        x = transform_features(np.asarray(features, dtype=np.float32), self.feature_transform)
+        z = (x - self.norm_mean) / self.norm_std
+        return np.asarray(np.clip(z, -self.clip_z, self.clip_z), dtype=np.float32)
 
     def validate(self) -> None:
         """Check internal consistency; raise :class:`ContractError` listing every problem.
@@ -168,6 +191,10 @@ class ModelContract:
             problems.append("opensmile_version is empty")
         if not self.outputs or len(set(self.outputs)) != len(self.outputs):
             problems.append(f"outputs must be non-empty and unique, got {list(self.outputs)}")
+        if self.feature_transform not in FEATURE_TRANSFORMS:
+            problems.append(f"feature_transform {self.feature_transform!r} not in {list(FEATURE_TRANSFORMS)}")
+        if not (isinstance(self.clip_z, float | int) and math.isfinite(self.clip_z) and self.clip_z > 0):
+            problems.append(f"clip_z {self.clip_z!r} must be a finite number > 0")
         low, high = self.output_range
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             problems.append(f"output_range {self.output_range} is not a finite interval")
@@ -222,6 +249,8 @@ class ModelContract:
                 norm_std=_decode_array(meta[METADATA_PREFIX + "norm_std"]),
                 outputs=tuple(str(v) for v in raw["outputs"]),
                 output_range=(float(raw["output_range"][0]), float(raw["output_range"][1])),
+                feature_transform=str(raw["feature_transform"]),
+                clip_z=float(raw["clip_z"]),
                 contract_version=_as_int(raw["contract_version"], "contract_version"),
             )
         except ContractError:
@@ -239,9 +268,20 @@ _SCALAR_KEYS = (
     "opensmile_version",
     "outputs",
     "output_range",
+    "feature_transform",
+    "clip_z",
     "contract_version",
 )
 _ARRAY_TAG = "float32le:"
+
+
+def transform_features(x: FloatArray, transform: str) -> FloatArray:
+    """Apply a named compression from :data:`FEATURE_TRANSFORMS` to raw features."""
+    if transform == "none":
+        return x
+    if transform == "signed_log1p":
+        return (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32, copy=False)
+    raise ContractError(f"unknown feature_transform {transform!r}")
 
 
 def _as_int(value: object, name: str) -> int:

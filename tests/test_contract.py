@@ -96,6 +96,9 @@ def _tamper(key: str, value: str | None) -> dict[str, str]:
         ("outputs", '["arousal", "arousal"]', "unique"),
         ("output_range", "[1.0, -1.0]", "output_range"),
         ("contract_version", "99", "contract_version"),
+        ("feature_transform", '"log"', "feature_transform"),
+        ("clip_z", "0", "clip_z"),
+        ("clip_z", "NaN", "clip_z"),
         ("features", "{not json", "malformed"),
         ("norm_mean", "float32le:!!!!", "malformed"),
         ("norm_mean", "float64:AAAA", "float32le"),
@@ -162,3 +165,17 @@ def test_feature_key_changes_with_every_field() -> None:
         replace(base, frame_policy="y").key(),
     }
     assert len(keys) == 4
+
+
+def test_normalise_compresses_standardises_and_clips() -> None:
+    c = make_contract(norm_mean=np.zeros(F, np.float32), norm_std=np.full(F, 0.5, np.float32), clip_z=4.0)
+    x = np.zeros((2, F), np.float32)
+    x[0, 0], x[0, 1], x[0, 2] = 1e12, -(np.e - 1), 0.5
+    z = c.normalise(x)
+    assert z.dtype == np.float32
+    assert z[0, 0] == 4.0  # log1p(1e12) / 0.5 = 55 -> clipped
+    np.testing.assert_allclose(z[0, 1], -2.0, rtol=1e-6)
+    np.testing.assert_allclose(z[0, 2], np.log1p(0.5) / 0.5, rtol=1e-6)
+    plain = make_contract(norm_mean=np.ones(F, np.float32), norm_std=np.ones(F, np.float32))
+    plain = replace(plain, feature_transform="none", clip_z=1e30)
+    np.testing.assert_allclose(plain.normalise(np.full((1, F), 3.0, np.float32)), 2.0)
