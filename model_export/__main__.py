@@ -1,0 +1,266 @@
+r"""Command line: ``python -m model_export <command> --help``.
+
+Typical VGMIDI run (features and renders live in ``cache/``, outside git)::
+
+    python -m model_export setup                       # fluidsynth + GM soundfont (apt)
+    python -m model_export extract --dataset vgmidi --root ../shared/data/vgmidi --rate 16000
+    python -m model_export cv --dataset vgmidi --root ../shared/data/vgmidi --rate 16000 \
+        --presets LSTM_AT_400 LSTM_NAT_400 --folds 10 --out docs/results/vgmidi_16k
+    python -m model_export train --dataset vgmidi --root ../shared/data/vgmidi --rate 16000 \
+        --preset LSTM_AT_400 --out cache/checkpoints/default.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.contract import FeatureConfig, ModelContract
+from app.features import FeatureExtractor, opensmile_version
+from model_export.cache import FeatureCache
+from model_export.datasets.base import TARGETS, Clip
+from model_export.datasets.registry import RECIPES
+from model_export.datasets.registry import load as load_dataset
+from model_export.evaluate import cross_validate, plot_figures, write_report
+from model_export.model import PRESETS
+from model_export.train import TrainConfig, TrainResult, train, validation_split
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / "cache"
+log = logging.getLogger("model_export")
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--option expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=sorted(RECIPES), help="dataset recipe")
+    p.add_argument("--root", type=Path, required=True, help="dataset folder (for synthetic: where to write)")
+    p.add_argument("--rate", type=int, default=16_000, help="analysis sample rate in Hz (default 16000)")
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="cache folder for features (and renders)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="parallel extraction threads (default: cores)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe-specific option, e.g. --option n_clips=40 (values parsed as JSON when possible)",
+    )
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="outputs to learn")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (paper: 30)")
+    p.add_argument("--batch-size", type=int, default=10, help="sequences per update (paper: 10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="RMSProp learning rate")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (paper: 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field, e.g. --model-option attention_window=30",
+    )
+
+
+def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
+    return TrainConfig(
+        preset=preset,
+        targets=tuple(args.targets),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        threads=args.threads,
+        model_overrides=_parse_options(args.model_option),
+    )
+
+
+def load_data(args: argparse.Namespace) -> tuple[list[Clip], dict[str, np.ndarray], FeatureExtractor]:
+    """Load a dataset's clips and their cached features (extracting what is missing)."""
+    options = _parse_options(args.option)
+    if args.dataset == "vgmidi":
+        options.setdefault("cache_dir", args.cache / "vgmidi")
+    t0 = time.perf_counter()
+    clips = load_dataset(args.dataset, args.root, **options)
+    log.info(
+        "%s: %d clips, %d frames (%.0fs)",
+        args.dataset,
+        len(clips),
+        sum(c.num_frames for c in clips),
+        time.perf_counter() - t0,
+    )
+    extractor = FeatureExtractor(FeatureConfig(sample_rate=args.rate))
+    cache = FeatureCache(args.cache / "features", extractor)
+    t0 = time.perf_counter()
+    feats = cache.load_all(clips, workers=args.workers)
+    log.info("features of %d clips in %s (%.0fs)", len(feats), cache.folder, time.perf_counter() - t0)
+    return clips, feats, extractor
+
+
+def build_contract(result: TrainResult, extractor: FeatureExtractor, cfg: TrainConfig) -> ModelContract:
+    """The I/O contract of a trained model."""
+    contract = ModelContract(
+        features=extractor.config,
+        num_features=extractor.num_features,
+        feature_names_sha256=extractor.feature_names_sha256,
+        opensmile_version=opensmile_version(),
+        norm_mean=result.normaliser.mean.numpy(),
+        norm_std=result.normaliser.std.numpy(),
+        outputs=tuple(cfg.targets),
+        feature_transform=cfg.feature_transform,
+        clip_z=cfg.clip_z,
+    )
+    contract.validate()
+    return contract
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    """Install the VGMIDI rendering tools."""
+    from model_export.datasets import vgmidi
+
+    vgmidi.setup()
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """List recipes and presets."""
+    for name, recipe in sorted(RECIPES.items()):
+        print(f"{name:10s} {recipe.description}")
+    for name, cfg in PRESETS.items():
+        print(f"preset {name}: {cfg.to_dict()}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Fill the feature cache."""
+    clips, feats, _ = load_data(args)
+    frames = sum(f.shape[0] for f in feats.values())
+    print(f"{len(feats)}/{len(clips)} clips, {frames} frames of features cached")
+    return 0 if len(feats) == len(clips) else 1
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    """Cross-validate presets and write the report."""
+    clips, feats, _ = load_data(args)
+    results = []
+    for preset in args.presets:
+        cfg = _train_config(args, preset)
+        results.append(
+            cross_validate(preset, cfg, clips, feats, k=args.folds, folds_to_run=args.folds_to_run)
+        )
+    notes = (
+        f"Dataset `{args.dataset}` ({len(feats)} clips), analysis rate {args.rate} Hz, "
+        f"{args.folds}-fold CV grouped by piece; metrics on pooled out-of-fold predictions. "
+        f"Command: `python -m model_export {' '.join(sys.argv[1:])}`"
+    )
+    doc = write_report(results, args.out, f"{args.dataset} at {args.rate} Hz", notes)
+    at = [r for r in results if "_AT_" in r.name]
+    nat = [r for r in results if "_NAT_" in r.name]
+    if at and nat:
+        plot_figures(at[0], nat[0], args.out)
+    print(json.dumps([{"model": r["model"], **r["metrics"]} for r in doc["rows"]], indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model on a whole dataset and save a checkpoint."""
+    clips, feats, extractor = load_data(args)
+    usable = [c for c in clips if c.clip_id in feats]
+    cfg = _train_config(args, args.preset)
+    tr, va = validation_split([c.group for c in usable], cfg.val_fraction, cfg.seed)
+    result = train(
+        cfg,
+        [feats[usable[i].clip_id] for i in tr],
+        [usable[i].targets for i in tr],
+        [feats[usable[i].clip_id] for i in va],
+        [usable[i].targets for i in va],
+    )
+    contract = build_contract(result, extractor, cfg)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model_config": result.model_config.to_dict(),
+            "train_config": cfg.to_dict(),
+            "state_dict": result.model.state_dict(),
+            "contract": contract.to_metadata(),
+            "dataset": args.dataset,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "clips": len(usable),
+        },
+        args.out,
+    )
+    print(f"saved {args.out} (best epoch {result.best_epoch}, {result.seconds:.0f}s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m model_export``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export",
+        description=(
+            "Train and evaluate the attentive LSTM of Chaki et al. 2020 on per-frame arousal/valence. "
+            "Features come from app.features (the service's own feature path) and are cached per "
+            "audio file and feature configuration."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="install fluidsynth and a GM soundfont (apt) for VGMIDI rendering")
+    sub.add_parser("datasets", help="list dataset recipes and model presets")
+    p = sub.add_parser("extract", help="render (VGMIDI) and extract features into the cache")
+    _data_args(p)
+    p = sub.add_parser("cv", help="k-fold cross-validation by piece; writes report.md/json and figures")
+    _data_args(p)
+    _train_args(p)
+    p.add_argument("--presets", nargs="+", default=["LSTM_AT_400", "LSTM_NAT_400"], choices=sorted(PRESETS))
+    p.add_argument("--folds", type=int, default=10, help="number of folds (paper: 10)")
+    p.add_argument("--folds-to-run", type=int, default=None, help="run only the first N folds (ablations)")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p = sub.add_parser("train", help="train one model on all clips (10%% held out for early stopping)")
+    _data_args(p)
+    _train_args(p)
+    p.add_argument("--preset", default="LSTM_AT_400", choices=sorted(PRESETS))
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file (.pt)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"
+    )
+    commands = {
+        "setup": cmd_setup,
+        "datasets": cmd_datasets,
+        "extract": cmd_extract,
+        "cv": cmd_cv,
+        "train": cmd_train,
+    }
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

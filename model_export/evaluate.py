@@ -1,0 +1,268 @@
+"""k-fold cross-validation by song/piece, the paper's metrics, Table-1-style reports and figures.
+
+Metrics follow the paper: predictions of all test folds are pooled, then per dimension
+R² (1 - SS_res / SS_tot over all pooled frames), the mean over songs of Kendall's τ-b between the
+predicted and true curve of each song (scipy), and the mean absolute error over all pooled frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import kendalltau
+
+from model_export.datasets.base import Clip
+from model_export.train import TrainConfig, make_sequences, predict, train, validation_split
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def group_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[list[int]]:
+    """Assign clip indices to ``k`` folds so that no group is split (shuffled, balanced by frames).
+
+    Args:
+        groups: Group (song/piece) of each clip.
+        k: Number of folds (at most the number of groups).
+        seed: Shuffling seed.
+
+    Returns:
+        ``k`` lists of clip indices.
+    """
+    unique = sorted(set(groups))
+    if not 2 <= k <= len(unique):
+        raise ValueError(f"need 2 <= k <= {len(unique)} groups, got k={k}")
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    fold_of = {g: i % k for i, g in enumerate(unique)}
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for idx, g in enumerate(groups):
+        folds[fold_of[g]].append(idx)
+    return folds
+
+
+def metrics(
+    predictions: Sequence[FloatArray], targets: Sequence[FloatArray], names: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """R², mean per-song Kendall τ-b and MAE per output dimension over pooled predictions.
+
+    Songs whose true or predicted curve is constant have no τ and are left out of its mean.
+    """
+    pred = np.concatenate(predictions).astype(np.float64)
+    true = np.concatenate(targets).astype(np.float64)
+    out: dict[str, dict[str, float]] = {}
+    for d, name in enumerate(names):
+        ss_res = float(np.sum((true[:, d] - pred[:, d]) ** 2))
+        ss_tot = float(np.sum((true[:, d] - true[:, d].mean()) ** 2))
+        taus = []
+        for p, t in zip(predictions, targets, strict=True):
+            if p.shape[0] > 1 and np.ptp(p[:, d]) > 0 and np.ptp(t[:, d]) > 0:
+                taus.append(kendalltau(p[:, d], t[:, d], variant="b").statistic)
+        out[name] = {
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+            "tau": float(np.mean(taus)) if taus else float("nan"),
+            "mae": float(np.mean(np.abs(true[:, d] - pred[:, d]))),
+            "songs_with_tau": float(len(taus)),
+        }
+    return out
+
+
+@dataclass
+class CVResult:
+    """Pooled out-of-fold predictions of one model configuration."""
+
+    name: str
+    config: TrainConfig
+    clip_ids: list[str]
+    predictions: list[FloatArray]
+    targets: list[FloatArray]
+    folds_run: int
+    folds_total: int
+    seconds: float
+    epochs: list[int]
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        """The paper's metrics on the pooled predictions."""
+        return metrics(self.predictions, self.targets, self.config.targets)
+
+
+def cross_validate(
+    name: str,
+    cfg: TrainConfig,
+    clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    k: int = 10,
+    folds_to_run: int | None = None,
+    fold_seed: int = 0,
+) -> CVResult:
+    """k-fold CV by group; each fold's training part is split again for early stopping.
+
+    Args:
+        name: Row name in the report.
+        cfg: Training configuration.
+        clips: Labelled clips (those without features are skipped).
+        features: Raw features by clip id (from the feature cache).
+        k: Folds.
+        folds_to_run: Run only the first N folds (for expensive ablations); the report says so.
+        fold_seed: Seed of the fold assignment (same for every model, so rows are comparable).
+
+    Returns:
+        Pooled predictions of the folds that ran.
+    """
+    usable = [c for c in clips if c.clip_id in features]
+    folds = group_folds([c.group for c in usable], k, fold_seed)
+    started = time.perf_counter()
+    ids: list[str] = []
+    preds: list[FloatArray] = []
+    trues: list[FloatArray] = []
+    epochs: list[int] = []
+    for f, test_idx in enumerate(folds[: folds_to_run or k]):
+        test_set = set(test_idx)
+        rest = [i for i in range(len(usable)) if i not in test_set]
+        tr, va = validation_split([usable[i].group for i in rest], cfg.val_fraction, cfg.seed + f)
+        train_ids, val_ids = [rest[i] for i in tr], [rest[i] for i in va]
+
+        def feats(ix: Sequence[int]) -> list[FloatArray]:
+            return [features[usable[i].clip_id] for i in ix]
+
+        def targs(ix: Sequence[int]) -> list[FloatArray]:
+            return [usable[i].targets for i in ix]
+
+        result = train(
+            replace(cfg, seed=cfg.seed + f),
+            feats(train_ids),
+            targs(train_ids),
+            feats(val_ids),
+            targs(val_ids),
+        )
+        test_seqs = make_sequences(feats(test_idx), targs(test_idx), result.normaliser, cfg.targets)
+        for i, p, s in zip(test_idx, predict(result.model, test_seqs), test_seqs, strict=True):
+            ids.append(usable[i].clip_id)
+            preds.append(p)
+            trues.append(s.y.numpy())
+        epochs.append(result.best_epoch)
+        log.info("%s fold %d/%d: best epoch %d, %.0fs", name, f + 1, k, result.best_epoch, result.seconds)
+    return CVResult(
+        name=name,
+        config=cfg,
+        clip_ids=ids,
+        predictions=preds,
+        targets=trues,
+        folds_run=len(epochs),
+        folds_total=k,
+        seconds=time.perf_counter() - started,
+        epochs=epochs,
+    )
+
+
+def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: str = "") -> dict[str, Any]:
+    """Write ``report.md`` and ``report.json`` laid out like the paper's Table 1 (one row per model).
+
+    Returns:
+        The JSON content.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        s = r.scores()
+        rows.append(
+            {
+                "model": r.name,
+                "config": r.config.to_dict(),
+                "folds": f"{r.folds_run}/{r.folds_total}",
+                "seconds": round(r.seconds, 1),
+                "best_epochs": r.epochs,
+                "clips": len(r.clip_ids),
+                "frames": int(sum(p.shape[0] for p in r.predictions)),
+                "metrics": s,
+            }
+        )
+    doc = {"title": title, "notes": notes, "rows": rows}
+    (out_dir / "report.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+
+    def cell(m: Mapping[str, dict[str, float]], dim: str, key: str) -> str:
+        return f"{m[dim][key]:.3f}" if dim in m else "–"
+
+    lines = [
+        f"# {title}",
+        "",
+        "| Model | R² A | R² V | τ A | τ V | MAE A | MAE V | folds | wall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["metrics"]
+        lines.append(
+            f"| {row['model']} | {cell(m, 'arousal', 'r2')} | {cell(m, 'valence', 'r2')} | "
+            f"{cell(m, 'arousal', 'tau')} | {cell(m, 'valence', 'tau')} | {cell(m, 'arousal', 'mae')} | "
+            f"{cell(m, 'valence', 'mae')} | {row['folds']} | {row['seconds'] / 60:.1f} min |"
+        )
+    if notes:
+        lines += ["", notes]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return doc
+
+
+def plot_figures(at: CVResult, nat: CVResult, out_dir: Path, clips_to_show: int = 4) -> list[Path]:
+    """The paper's figures: predicted vs true curves (NAT overlaid) and per-clip error histograms.
+
+    Returns:
+        Paths of the PNG files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nat_by_id = dict(zip(nat.clip_ids, nat.predictions, strict=True))
+    common = [i for i, cid in enumerate(at.clip_ids) if cid in nat_by_id]
+    # Show clips spread over the error range: best, median and worst AT clips.
+    err = [float(np.mean(np.abs(at.predictions[i] - at.targets[i]))) for i in common]
+    order = [common[j] for j in np.argsort(err)]
+    picks = [order[int(q * (len(order) - 1))] for q in np.linspace(0, 1, clips_to_show)]
+    paths = []
+    for d, dim in enumerate(at.config.targets):
+        fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.2 * len(picks)), squeeze=False)
+        for ax, i in zip(axes[:, 0], picks, strict=True):
+            t = np.arange(at.targets[i].shape[0]) * 0.5
+            ax.plot(t, at.targets[i][:, d], "k-", label="ground truth")
+            ax.plot(t, at.predictions[i][:, d], "C0-", label="LSTM_AT")
+            ax.plot(t, nat_by_id[at.clip_ids[i]][:, d], "C1--", label="LSTM_NAT")
+            ax.set_title(at.clip_ids[i], fontsize=8)
+            ax.set_ylim(-1.05, 1.05)
+            ax.set_ylabel(dim)
+        axes[-1, 0].set_xlabel("time (s)")
+        axes[0, 0].legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        path = out_dir / f"curves_{dim}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for res, color in ((at, "C0"), (nat, "C1")):
+            errs = [
+                float(np.mean(np.abs(p[:, d] - y[:, d])))
+                for p, y in zip(res.predictions, res.targets, strict=True)
+            ]
+            ax.hist(
+                errs, bins=20, alpha=0.55, color=color, label=f"{res.name} (median {np.median(errs):.3f})"
+            )
+        ax.set_xlabel(f"per-clip MAE, {dim}")
+        ax.set_ylabel("clips")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"errors_{dim}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

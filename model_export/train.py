@@ -1,0 +1,315 @@
+"""Training per the paper's protocol.
+
+RMSProp, 10 sequences per update, MSE over the valid (unpadded) frames, at most 30 epochs, early
+stopping when the validation loss has not improved by at least 1e-4 for 5 epochs (the best weights are
+restored), shuffled order, seeded and deterministic on the CPU. Inputs are normalised by
+:class:`Normaliser` with statistics of the training part only; the same module sits at the front of
+the exported ONNX graph, so serving normalises exactly as training did.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from model_export.datasets.base import TARGETS
+from model_export.model import PRESETS, ModelConfig, build_model, fast_cpu_context
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (defaults: the paper's).
+
+    Attributes:
+        preset: Model preset name (see ``model_export.model``).
+        targets: Which outputs to learn: both (joint model) or one (the paper's separate models).
+        epochs: Maximum epochs.
+        batch_size: Sequences per update.
+        lr: RMSProp learning rate.
+        patience: Epochs without an improvement of ``min_delta`` before stopping.
+        min_delta: Smallest validation-loss decrease that counts as an improvement.
+        val_fraction: Share of the training groups held out for early stopping.
+        seed: Seed for weights, shuffling and the validation split.
+        threads: torch intra-op threads (0: all cores).
+        feature_transform: Compression before standardisation (see ``app.contract``).
+        clip_z: Standardised features are clipped to [-clip_z, clip_z].
+        model_overrides: Fields of the preset's ``ModelConfig`` to change.
+    """
+
+    preset: str = "LSTM_AT_400"
+    targets: tuple[str, ...] = TARGETS
+    epochs: int = 30
+    batch_size: int = 10
+    lr: float = 1e-3
+    patience: int = 5
+    min_delta: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    threads: int = 0
+    feature_transform: str = "signed_log1p"
+    clip_z: float = 10.0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, num_features: int) -> ModelConfig:
+        """The model configuration this run trains."""
+        if self.preset not in PRESETS:
+            raise KeyError(f"unknown preset {self.preset!r}; known: {sorted(PRESETS)}")
+        return replace(
+            PRESETS[self.preset],
+            num_features=num_features,
+            num_outputs=len(self.targets),
+            **self.model_overrides,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for checkpoints and reports)."""
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+class Normaliser(nn.Module):
+    """``clip((transform(x) - mean) / std, -clip_z, clip_z)``: the model's input front.
+
+    The same arithmetic as :meth:`app.contract.ModelContract.normalise`, in torch so that it is part
+    of the exported graph.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: FloatArray, std: FloatArray, transform: str, clip_z: float) -> None:
+        super().__init__()
+        if transform not in ("none", "signed_log1p"):
+            raise ValueError(f"unknown feature transform {transform!r}")
+        self.transform = transform
+        self.clip_z = float(clip_z)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)))
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise raw ``(..., F)`` features."""
+        if self.transform == "signed_log1p":
+            x = torch.sign(x) * torch.log1p(torch.abs(x))
+        z = (x - self.mean) / self.std
+        return torch.clamp(z, -self.clip_z, self.clip_z)
+
+
+def transform_np(x: FloatArray, transform: str) -> npt.NDArray[np.float64]:
+    """The feature compression in float64 numpy (for statistics)."""
+    x64 = x.astype(np.float64)
+    if transform == "signed_log1p":
+        return np.sign(x64) * np.log1p(np.abs(x64))
+    return x64
+
+
+def fit_statistics(features: Sequence[FloatArray], transform: str) -> tuple[FloatArray, FloatArray]:
+    """Per-feature mean and std of the transformed frames of the training part only.
+
+    Accumulated in float64 by streaming over clips; a feature that is constant in the training data
+    gets std 1 (it then carries no information, and must not divide by zero).
+    """
+    n = 0
+    total: npt.NDArray[np.float64] | None = None
+    total_sq: npt.NDArray[np.float64] | None = None
+    for f in features:
+        x = transform_np(f, transform)
+        s, sq = x.sum(axis=0), np.square(x).sum(axis=0)
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        n += x.shape[0]
+    if total is None or total_sq is None or n == 0:
+        raise ValueError("no training frames")
+    mean = total / n
+    var = np.maximum(total_sq / n - np.square(mean), 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+@dataclass
+class TrainSequence:
+    """One normalised training sequence: ``x`` (T, F) and targets ``y`` (T, O)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclass
+class TrainResult:
+    """A trained model and how training went."""
+
+    model: nn.Module
+    normaliser: Normaliser
+    model_config: ModelConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+
+
+def _pad(seqs: Sequence[TrainSequence]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t_max = max(s.x.shape[0] for s in seqs)
+    b, f, o = len(seqs), seqs[0].x.shape[1], seqs[0].y.shape[1]
+    x = torch.zeros(b, t_max, f)
+    y = torch.zeros(b, t_max, o)
+    mask = torch.zeros(b, t_max, 1)
+    for i, s in enumerate(seqs):
+        t = s.x.shape[0]
+        x[i, :t], y[i, :t], mask[i, :t] = s.x, s.y, 1.0
+    return x, y, mask
+
+
+def _masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (torch.square(pred - y) * mask).sum() / (mask.sum() * y.shape[-1])
+
+
+def _select_targets(targets: FloatArray, names: Sequence[str]) -> FloatArray:
+    idx = [TARGETS.index(n) for n in names]
+    return targets[:, idx]
+
+
+def make_sequences(
+    features: Sequence[FloatArray],
+    targets: Sequence[FloatArray],
+    normaliser: Normaliser,
+    names: Sequence[str],
+) -> list[TrainSequence]:
+    """Normalise each clip once and pair it with its selected targets (truncated to common length)."""
+    out = []
+    with torch.no_grad():
+        for f, t in zip(features, targets, strict=True):
+            n = min(f.shape[0], t.shape[0])
+            x = normaliser(torch.from_numpy(np.ascontiguousarray(f[:n])))
+            out.append(TrainSequence(x, torch.from_numpy(_select_targets(t[:n], names).copy())))
+    return out
+
+
+def evaluate_loss(model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int) -> float:
+    """Mean squared error over all valid frames of ``seqs``."""
+    model.eval()
+    se, count = 0.0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            x, y, mask = _pad(seqs[i : i + batch_size])
+            pred = model(x)
+            se += float((torch.square(pred - y) * mask).sum())
+            count += float(mask.sum()) * y.shape[-1]
+    return se / max(count, 1.0)
+
+
+def predict(model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int = 10) -> list[FloatArray]:
+    """Per-sequence predictions ``(T, O)`` (padding removed)."""
+    model.eval()
+    out: list[FloatArray] = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i : i + batch_size]
+            pred = model(_pad(chunk)[0]).numpy()
+            out.extend(pred[j, : s.x.shape[0]].astype(np.float32) for j, s in enumerate(chunk))
+    return out
+
+
+def train(
+    cfg: TrainConfig,
+    train_features: Sequence[FloatArray],
+    train_targets: Sequence[FloatArray],
+    val_features: Sequence[FloatArray],
+    val_targets: Sequence[FloatArray],
+    progress: bool = True,
+) -> TrainResult:
+    """Train one model with early stopping on the given validation clips.
+
+    Args:
+        cfg: Hyper-parameters.
+        train_features: Raw ``(T, F)`` features of the training clips.
+        train_targets: ``(T, 2)`` arousal/valence of the training clips.
+        val_features: Raw features of the validation clips (early stopping only).
+        val_targets: Targets of the validation clips.
+        progress: Log one line per epoch.
+
+    Returns:
+        The best model (by validation loss), its normaliser and the loss history.
+    """
+    with fast_cpu_context(cfg.threads or None):
+        return _train(cfg, train_features, train_targets, val_features, val_targets, progress)
+
+
+def _train(
+    cfg: TrainConfig,
+    train_features: Sequence[FloatArray],
+    train_targets: Sequence[FloatArray],
+    val_features: Sequence[FloatArray],
+    val_targets: Sequence[FloatArray],
+    progress: bool,
+) -> TrainResult:
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    mean, std = fit_statistics(train_features, cfg.feature_transform)
+    normaliser = Normaliser(mean, std, cfg.feature_transform, cfg.clip_z)
+    train_seqs = make_sequences(train_features, train_targets, normaliser, cfg.targets)
+    val_seqs = make_sequences(val_features, val_targets, normaliser, cfg.targets)
+    model_cfg = cfg.model_config(int(mean.shape[0]))
+    model = build_model(model_cfg, seed=cfg.seed)
+    optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, float]] = []
+    best, best_epoch, best_state, stale = math.inf, 0, copy.deepcopy(model.state_dict()), 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = rng.permutation(len(train_seqs))
+        train_se, train_n = 0.0, 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            x, y, mask = _pad([train_seqs[j] for j in order[i : i + cfg.batch_size]])
+            optimiser.zero_grad(set_to_none=True)
+            loss = _masked_mse(model(x), y, mask)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            weight = float(mask.sum())
+            train_se += float(loss.detach()) * weight
+            train_n += weight
+        val = evaluate_loss(model, val_seqs, cfg.batch_size) if val_seqs else train_se / train_n
+        history.append(
+            {"epoch": epoch, "train_mse": train_se / train_n, "val_mse": val, "s": time.perf_counter() - t0}
+        )
+        if progress:
+            log.info(
+                "epoch %d: train %.5f val %.5f (%.1fs)", epoch, train_se / train_n, val, history[-1]["s"]
+            )
+        if val < best - cfg.min_delta:
+            best, best_epoch, stale = val, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
+
+
+def validation_split(groups: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices into (train, validation) by group, holding out about ``fraction`` of the groups."""
+    unique = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    n_val = max(1, round(len(unique) * fraction)) if len(unique) > 1 else 0
+    held = set(unique[:n_val])
+    train_idx = [i for i, g in enumerate(groups) if g not in held]
+    val_idx = [i for i, g in enumerate(groups) if g in held]
+    return train_idx, val_idx
