@@ -170,7 +170,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for preset in args.presets:
         cfg = _train_config(args, preset)
         results.append(
-            cross_validate(preset, cfg, clips, feats, k=args.folds, folds_to_run=args.folds_to_run)
+            cross_validate(
+                preset,
+                cfg,
+                clips,
+                feats,
+                k=args.folds,
+                folds_to_run=args.folds_to_run,
+                state_dir=None if args.no_resume else args.cache / "cv",
+            )
         )
     notes = (
         f"Dataset `{args.dataset}` ({len(feats)} clips), analysis rate {args.rate} Hz, "
@@ -243,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=10, help="number of folds (paper: 10)")
     p.add_argument("--folds-to-run", type=int, default=None, help="run only the first N folds (ablations)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="retrain every fold instead of reusing folds finished earlier (stored under CACHE/cv)",
+    )
     p = sub.add_parser("train", help="train one model on all clips (10%% held out for early stopping)")
     _data_args(p)
     _train_args(p)

@@ -7,9 +7,9 @@ predicted and true curve of each song (scipy), and the mean absolute error over 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import kendalltau
 
-from model_export.datasets.base import Clip
+from model_export.datasets.base import TARGETS, Clip
 from model_export.train import TrainConfig, make_sequences, predict, train, validation_split
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def cross_validate(
     k: int = 10,
     folds_to_run: int | None = None,
     fold_seed: int = 0,
+    state_dir: Path | None = None,
 ) -> CVResult:
     """k-fold CV by group; each fold's training part is split again for early stopping.
 
@@ -114,18 +115,41 @@ def cross_validate(
         k: Folds.
         folds_to_run: Run only the first N folds (for expensive ablations); the report says so.
         fold_seed: Seed of the fold assignment (same for every model, so rows are comparable).
+        state_dir: If given, each finished fold's test predictions are stored there and reused by a
+            later call with the same name, configuration, clips and folds, so a long CV can be
+            interrupted and resumed (e.g. across sessions).
 
     Returns:
-        Pooled predictions of the folds that ran.
+        Pooled predictions of the folds that ran; ``seconds`` sums the training time of every fold,
+        also of folds restored from ``state_dir``.
     """
     usable = [c for c in clips if c.clip_id in features]
     folds = group_folds([c.group for c in usable], k, fold_seed)
-    started = time.perf_counter()
+    run_key = hashlib.sha256(
+        json.dumps(
+            [name, cfg.to_dict(), k, fold_seed, [c.clip_id for c in usable]], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
+    seconds = 0.0
     ids: list[str] = []
     preds: list[FloatArray] = []
     trues: list[FloatArray] = []
     epochs: list[int] = []
     for f, test_idx in enumerate(folds[: folds_to_run or k]):
+        fold_file = state_dir / f"{name}_{run_key}_fold{f}.npz" if state_dir else None
+        if fold_file is not None and fold_file.exists():
+            with np.load(fold_file) as saved:
+                lengths = saved["lengths"]
+                fold_preds = np.split(saved["predictions"], np.cumsum(lengths)[:-1])
+                best_epoch, fold_s = int(saved["best_epoch"]), float(saved["seconds"])
+            log.info("%s fold %d/%d restored from %s", name, f + 1, k, fold_file)
+            for i, p in zip(test_idx, fold_preds, strict=True):
+                ids.append(usable[i].clip_id)
+                preds.append(p.astype(np.float32))
+                trues.append(_selected(usable[i].targets, cfg.targets)[: p.shape[0]])
+            epochs.append(best_epoch)
+            seconds += fold_s
+            continue
         test_set = set(test_idx)
         rest = [i for i in range(len(usable)) if i not in test_set]
         tr, va = validation_split([usable[i].group for i in rest], cfg.val_fraction, cfg.seed + f)
@@ -145,11 +169,24 @@ def cross_validate(
             targs(val_ids),
         )
         test_seqs = make_sequences(feats(test_idx), targs(test_idx), result.normaliser, cfg.targets)
-        for i, p, s in zip(test_idx, predict(result.model, test_seqs), test_seqs, strict=True):
+        fold_preds = predict(result.model, test_seqs)
+        for i, p, s in zip(test_idx, fold_preds, test_seqs, strict=True):
             ids.append(usable[i].clip_id)
             preds.append(p)
             trues.append(s.y.numpy())
         epochs.append(result.best_epoch)
+        seconds += result.seconds
+        if fold_file is not None:
+            fold_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = fold_file.with_name(f".{fold_file.name}.tmp.npz")
+            np.savez(
+                tmp,
+                predictions=np.concatenate(fold_preds),
+                lengths=np.array([p.shape[0] for p in fold_preds]),
+                best_epoch=result.best_epoch,
+                seconds=result.seconds,
+            )
+            tmp.replace(fold_file)
         log.info("%s fold %d/%d: best epoch %d, %.0fs", name, f + 1, k, result.best_epoch, result.seconds)
     return CVResult(
         name=name,
@@ -159,9 +196,13 @@ def cross_validate(
         targets=trues,
         folds_run=len(epochs),
         folds_total=k,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         epochs=epochs,
     )
+
+
+def _selected(targets: FloatArray, names: Sequence[str]) -> FloatArray:
+    return targets[:, [TARGETS.index(n) for n in names]]
 
 
 def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: str = "") -> dict[str, Any]:

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model_export.evaluate as ev
+from model_export.__main__ import main
+from model_export.datasets.base import Clip
+from model_export.train import TrainConfig
+
+F = 10
+
+
+def _data(n: int = 12) -> tuple[list[Clip], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    clips, feats = [], {}
+    for i in range(n):
+        t = 15 + i
+        x = rng.standard_normal((t, F)).astype(np.float32)
+        y = np.tanh(np.stack([x[:, 0], x[:, 1]], axis=1)).astype(np.float32)
+        clips.append(Clip(f"c{i}", Path(f"/nonexistent/c{i}.wav"), y, group=f"g{i // 2}"))
+        feats[f"c{i}"] = x
+    return clips, feats
+
+
+CFG = TrainConfig(
+    preset="LSTM_NAT_400",
+    model_overrides={"hidden_sizes": (8,)},
+    epochs=3,
+    threads=1,
+    feature_transform="none",
+)
+
+
+def test_cv_pools_every_clip_once_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clips, feats = _data()
+    first = ev.cross_validate("m", CFG, clips, feats, k=3, state_dir=tmp_path)
+    assert sorted(first.clip_ids) == sorted(c.clip_id for c in clips)
+    assert first.folds_run == 3
+    assert len(list(tmp_path.glob("m_*_fold*.npz"))) == 3
+    assert [p.shape for p in first.predictions] == [t.shape for t in first.targets]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(ev, "train", no_training)
+    again = ev.cross_validate("m", CFG, clips, feats, k=3, state_dir=tmp_path)
+    assert again.clip_ids == first.clip_ids
+    for a, b in zip(again.predictions, first.predictions, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.scores() == first.scores()
+    assert again.seconds == pytest.approx(first.seconds)
+
+
+def test_partial_cv_and_report(tmp_path: Path) -> None:
+    clips, feats = _data()
+    at = ev.cross_validate(
+        "LSTM_AT_8", TrainConfig(**{**CFG.__dict__, "preset": "LSTM_AT_400"}), clips, feats, k=3
+    )
+    nat = ev.cross_validate("LSTM_NAT_8", CFG, clips, feats, k=3, folds_to_run=1)
+    assert nat.folds_run == 1
+    assert len(nat.clip_ids) < len(clips)
+    doc = ev.write_report([at, nat], tmp_path, "toy", notes="a note")
+    assert [r["model"] for r in doc["rows"]] == ["LSTM_AT_8", "LSTM_NAT_8"]
+    assert doc["rows"][1]["folds"] == "1/3"
+    md = (tmp_path / "report.md").read_text()
+    assert "| LSTM_NAT_8 |" in md
+    assert "a note" in md
+    assert json.loads((tmp_path / "report.json").read_text())["title"] == "toy"
+    paths = ev.plot_figures(at, nat, tmp_path / "fig", clips_to_show=2)
+    assert {p.name for p in paths} == {
+        "curves_arousal.png",
+        "errors_arousal.png",
+        "curves_valence.png",
+        "errors_valence.png",
+    }
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_cv_on_synthetic_audio_end_to_end(tmp_path: Path) -> None:
+    rc = main(
+        [
+            "cv",
+            "--dataset", "synthetic",
+            "--root", str(tmp_path / "data"),
+            "--cache", str(tmp_path / "cache"),
+            "--option", "n_clips=8",
+            "--option", "duration_s=4",
+            "--presets", "LSTM_AT_400", "LSTM_NAT_400",
+            "--model-option", "hidden_sizes=[8]",
+            "--model-option", "attention_window=4",
+            "--epochs", "2",
+            "--folds", "2",
+            "--threads", "1",
+            "--out", str(tmp_path / "report"),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    doc = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["model"] for r in doc["rows"]] == ["LSTM_AT_400", "LSTM_NAT_400"]
+    assert doc["rows"][0]["frames"] == 8 * 8
+    assert (tmp_path / "report" / "curves_valence.png").exists()
+    assert len(list((tmp_path / "cache" / "cv").glob("*.npz"))) == 4
