@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.errors import ModelNotReadyError, ServiceError
+from app.features import FeatureExtractor
+from app.predictor import Predictor
 from app.settings import Settings
 
 log = logging.getLogger("app")
@@ -26,6 +28,8 @@ class ServiceState:
 
     ready: bool = False
     reason: str = "starting"
+    predictor: Predictor | None = None
+    extractor: FeatureExtractor | None = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,13 +47,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # The process stays up without a model (not ready) so orchestrators see why.
+        # The process stays up without a usable model (live, not ready) so orchestrators see why.
         if not settings.model_path.is_file():
             state.reason = f"no model yet: {settings.model_path} does not exist"
             log.warning("%s; the service is live but not ready", state.reason)
         else:
-            state.reason = f"serving {settings.model_path} is not implemented in this version"
-            log.warning("%s", state.reason)
+            try:
+                predictor = Predictor.load(
+                    settings.model_path,
+                    providers=settings.providers,
+                    intra_op_threads=settings.intra_op_threads,
+                    inter_op_threads=settings.inter_op_threads,
+                    warmup=settings.warmup,
+                )
+                extractor = FeatureExtractor(predictor.contract.features)
+                extractor.check_contract(predictor.contract)
+            except ServiceError as exc:
+                state.reason = f"model {settings.model_path} not usable: {exc.message}"
+                log.error("%s; the service is live but not ready", state.reason)
+            else:
+                state.predictor, state.extractor = predictor, extractor
+                state.ready, state.reason = True, "ready"
+                log.info(
+                    "serving %s (%s) on %s", predictor.model_name, settings.model_path, predictor.provider
+                )
         yield
 
     app = FastAPI(title="Music emotion recognition", version=__version__, lifespan=lifespan)

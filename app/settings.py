@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(
         default=900.0, gt=0, description="Longest accepted audio (or requested range), seconds."
     )
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="ONNX Runtime provider: 'auto' = CUDA if this onnxruntime build has it, else CPU; "
+        "'cuda' fails instead of falling back to CPU.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per inference (0: all cores)."
+    )
+    inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-operator threads.")
+    warmup: bool = Field(default=True, description="Run the model once at start-up before reporting ready.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service's own loggers."
     )

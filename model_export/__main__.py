@@ -226,6 +226,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX with its contract in the metadata, verified against PyTorch."""
+    from model_export.export import export_checkpoint
+
+    extra: dict[str, str] = {}
+    if args.metrics is not None:
+        extra["mer.metrics"] = json.dumps(json.loads(args.metrics.read_text()), sort_keys=True)
+    t0 = time.perf_counter()
+    path = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        model_name=args.name,
+        model_version=args.version,
+        extra_metadata=extra,
+        fp16=args.fp16,
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, verified, {time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m model_export``."""
     parser = argparse.ArgumentParser(
@@ -261,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     _train_args(p)
     p.add_argument("--preset", default="LSTM_AT_400", choices=sorted(PRESETS))
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (.pt)")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (raw features in, contract in metadata)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint from `train`")
+    p.add_argument("--out", type=Path, default=REPO / "models" / "default.onnx", help="ONNX file to write")
+    p.add_argument("--name", required=True, help="model name stored as mer.model_name")
+    p.add_argument("--version", required=True, help="model version stored as mer.model_version")
+    p.add_argument(
+        "--metrics", type=Path, default=None, help="JSON file stored as mer.metrics (e.g. CV results)"
+    )
+    p.add_argument("--fp16", action="store_true", help="store large weights as float16 (half the file size)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"
@@ -271,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "extract": cmd_extract,
         "cv": cmd_cv,
         "train": cmd_train,
+        "export": cmd_export,
     }
     return commands[args.command](args)
 

@@ -1,0 +1,329 @@
+"""Serving-side inference: an exported ONNX model behind a small, validated, thread-safe API.
+
+:class:`Predictor` opens a file written by ``model_export.export`` with ONNX Runtime, refuses it unless
+its embedded :class:`~app.contract.ModelContract` is complete and its graph interface matches that
+contract, warms it up, and maps raw feature arrays from :mod:`app.features` to per-frame emotion. The
+graph normalises raw features itself, so nothing here touches the statistics.
+
+Errors follow :mod:`app.errors`:
+
+* :class:`~app.errors.ModelNotReadyError` (503): the file is missing or is not a loadable ONNX model,
+  or the requested execution provider is not available (the process stays up, not ready, and says why).
+* :class:`~app.errors.ContractError` (500): the model loads but its contract metadata is missing,
+  invalid, or disagrees with the graph.
+* :class:`~app.errors.InvalidFeaturesError` (422): a request's feature array has the wrong shape, type
+  or non-finite values; the message names the expected ``(T, F)`` shape.
+
+The module imports only numpy, onnxruntime and ``app``: no torch, onnx or web framework, so the serving
+image stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.contract import METADATA_PREFIX, ModelContract
+from app.errors import ContractError, InvalidFeaturesError, ModelNotReadyError, ServiceError
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "WARMUP_FRAMES", "Predictor", "ProviderChoice"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the graph input: raw features (B, T, F), float32.
+INPUT_NAME = "features"
+#: Name of the graph output: emotion (B, T, O), float32.
+OUTPUT_NAME = "emotion"
+#: Frames of the warm-up runs: the paper's 30 s clip (61 labels), the typical request.
+WARMUP_FRAMES = 61
+#: Batch sizes of the warm-up runs (single requests and a small batch).
+WARMUP_BATCHES = (1, 4)
+#: Slack on the contract's output range: tanh outputs are within it up to float rounding.
+_RANGE_SLACK = 1e-5
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class Predictor:
+    """A loaded, validated model; build with :meth:`load`.
+
+    Attributes:
+        path: The model file.
+        provider: The execution provider ONNX Runtime actually runs the model on.
+        contract: The model's I/O contract (from its metadata).
+        metadata: All ``metadata_props`` of the file.
+        model_name: ``mer.model_name`` (the file name if absent).
+        model_version: ``mer.model_version`` (``"unknown"`` if absent).
+        num_features: F, the width of a feature row.
+        outputs: Output names, in order (the last axis of every result).
+        ready: True once the warm-up runs have passed.
+
+    Every method may be called from several threads at once: ONNX Runtime sessions are thread-safe
+    and a predictor holds no per-call state.
+    """
+
+    def __init__(self, session: Any, contract: ModelContract, path: Path) -> None:
+        self._session = session
+        self.path = path
+        self.contract = contract
+        self.provider: str = session.get_providers()[0]
+        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+        self.model_name = self.metadata.get(METADATA_PREFIX + "model_name") or path.stem
+        self.model_version = self.metadata.get(METADATA_PREFIX + "model_version") or "unknown"
+        self.num_features = contract.num_features
+        self.outputs = contract.outputs
+        self.ready = False
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        providers: ProviderChoice = "auto",
+        intra_op_threads: int,
+        inter_op_threads: int = 1,
+        warmup: bool = True,
+    ) -> Predictor:
+        """Open, validate and (by default) warm up a model.
+
+        Args:
+            path: ONNX file written by ``model_export.export``.
+            providers: ``"cpu"``; ``"cuda"`` (an error if CUDA is unavailable, never a silent CPU
+                fallback); or ``"auto"``: CUDA when this onnxruntime build offers it, else CPU.
+            intra_op_threads: Threads inside one operator (0: ONNX Runtime's default, all cores). With
+                several worker processes, give each ``cores // workers``.
+            inter_op_threads: Threads across independent operators (the graph is a chain: 1 suffices).
+            warmup: Run the model on :data:`WARMUP_FRAMES`-frame inputs now (batch 1 and 4), so the
+                first requests do not pay for allocations and kernel selection.
+
+        Returns:
+            The predictor; ``ready`` is True if ``warmup`` ran.
+
+        Raises:
+            ValueError: For an unknown ``providers`` value or negative thread counts.
+            ModelNotReadyError: If the file is missing or not a loadable ONNX model, or the requested
+                provider is unavailable.
+            ContractError: If the contract metadata is missing or invalid, the graph's inputs and
+                outputs disagree with it, or the warm-up outputs break it.
+        """
+        model_path = Path(path)
+        if intra_op_threads < 0 or inter_op_threads < 0:
+            raise ValueError(f"thread counts must be >= 0, got {intra_op_threads}, {inter_op_threads}")
+        wanted = _provider_list(providers)
+        if not model_path.is_file():
+            raise ModelNotReadyError(f"model file {model_path} does not exist")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(os.fspath(model_path), options, providers=wanted)
+        except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
+            raise ModelNotReadyError(f"cannot load {model_path} as an ONNX model: {exc}") from exc
+        actual = session.get_providers()[0]
+        if providers == "cuda" and actual != _CUDA:
+            # ORT falls back to CPU when the CUDA provider fails to initialise; asked for CUDA, that
+            # would silently serve at a fraction of the expected throughput.
+            raise ModelNotReadyError(
+                f"CUDA was requested but ONNX Runtime runs {model_path} on {actual} "
+                "(CUDA provider failed to initialise; check the driver and CUDA/cuDNN libraries)"
+            )
+        meta = session.get_modelmeta().custom_metadata_map
+        try:
+            contract = ModelContract.from_metadata(meta)
+        except ContractError as exc:
+            raise ContractError(f"{model_path}: {exc.message}") from exc
+        _check_interface(session, contract, model_path)
+        predictor = cls(session, contract, model_path)
+        log.info("loaded %s %s (%s) on %s", predictor.model_name, predictor.model_version, model_path, actual)
+        if warmup:
+            predictor.warmup()
+        return predictor
+
+    def warmup(self) -> None:
+        """Run the model on zero features at :data:`WARMUP_FRAMES` frames, batch 1 and 4; set ``ready``.
+
+        Raises:
+            ContractError: If the outputs have the wrong shape, are not finite, or leave the contract's
+                output range.
+        """
+        low, high = self.contract.output_range
+        for batch in WARMUP_BATCHES:
+            x = np.zeros((batch, WARMUP_FRAMES, self.num_features), dtype=np.float32)
+            y = self._run(x)
+            if not np.all(np.isfinite(y)):
+                raise ContractError(f"{self.path}: warm-up produced non-finite outputs")
+            if y.min() < low - _RANGE_SLACK or y.max() > high + _RANGE_SLACK:
+                raise ContractError(
+                    f"{self.path}: warm-up outputs span [{y.min():.4g}, {y.max():.4g}], outside the "
+                    f"contract's output_range {self.contract.output_range}"
+                )
+        self.ready = True
+
+    def predict(self, features: npt.ArrayLike) -> FloatArray:
+        """Predict every frame of one clip.
+
+        Args:
+            features: Raw features ``(T, F)`` from :meth:`app.features.FeatureExtractor.extract`,
+                T >= 1, finite; any real dtype (converted to float32).
+
+        Returns:
+            ``(T, O)`` float32, columns in :attr:`outputs` order.
+
+        Raises:
+            InvalidFeaturesError: If the array is not ``(T, F)`` with T >= 1, not real-valued, or holds
+                NaN/inf (or values beyond float32's range).
+        """
+        x = self._validate(features)
+        y: FloatArray = self._run(x[np.newaxis])[0]
+        return y
+
+    def predict_batch(self, clips: Sequence[npt.ArrayLike]) -> list[FloatArray]:
+        """Predict several clips in one session call.
+
+        The clips are right-padded with zeros to the longest and run as one ``(B, T_max, F)`` tensor.
+        The model is causal, so padding after a clip cannot change its frames; each result is the
+        clip's first ``T_i`` rows and equals :meth:`predict` of that clip up to float rounding. Memory
+        grows with ``B * T_max``: batch clips of similar lengths.
+
+        Args:
+            clips: Raw feature arrays ``(T_i, F)``, each as for :meth:`predict`.
+
+        Returns:
+            One ``(T_i, O)`` float32 array per clip, in order (empty for no clips).
+
+        Raises:
+            InvalidFeaturesError: If any clip is invalid; the message says which.
+        """
+        arrays = [self._validate(clip, index=i) for i, clip in enumerate(clips)]
+        if not arrays:
+            return []
+        longest = max(a.shape[0] for a in arrays)
+        batch = np.zeros((len(arrays), longest, self.num_features), dtype=np.float32)
+        for i, a in enumerate(arrays):
+            batch[i, : a.shape[0]] = a
+        y = self._run(batch)
+        # Copies: a view would keep the whole padded batch output alive for as long as any result.
+        return [y[i, : a.shape[0]].copy() for i, a in enumerate(arrays)]
+
+    def info(self) -> dict[str, Any]:
+        """JSON-friendly description (for a model-info endpoint or logs)."""
+        return {
+            "name": self.model_name,
+            "version": self.model_version,
+            "path": str(self.path),
+            "provider": self.provider,
+            "ready": self.ready,
+            "num_features": self.num_features,
+            "outputs": list(self.outputs),
+            "output_range": list(self.contract.output_range),
+            "features": {
+                "feature_set": self.contract.features.feature_set,
+                "feature_level": self.contract.features.feature_level,
+                "sample_rate": self.contract.features.sample_rate,
+                "hop_s": self.contract.features.hop_s,
+                "window_s": self.contract.features.window_s,
+            },
+        }
+
+    def _expected(self) -> str:
+        return f"expected raw features of shape (T, {self.num_features}) with T >= 1"
+
+    def _validate(self, features: npt.ArrayLike, index: int | None = None) -> FloatArray:
+        where = "" if index is None else f"clip {index}: "
+        try:
+            arr = np.asarray(features)
+        except (ValueError, TypeError) as exc:  # ragged nested sequences, unconvertible objects
+            raise InvalidFeaturesError(f"{where}{self._expected()}; not an array: {exc}") from exc
+        if arr.dtype.kind not in "iuf":
+            raise InvalidFeaturesError(f"{where}{self._expected()} of real numbers; got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[1] != self.num_features or arr.shape[0] < 1:
+            raise InvalidFeaturesError(f"{where}{self._expected()}; got shape {arr.shape}")
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: reported below
+            x = np.ascontiguousarray(arr, dtype=np.float32)
+        finite = np.isfinite(x)
+        if not finite.all():
+            row, col = (int(v) for v in np.argwhere(~finite)[0])
+            raise InvalidFeaturesError(
+                f"{where}{self._expected()} and finite values; {int((~finite).sum())} value(s) are "
+                f"NaN, infinite or beyond float32 range (first at row {row}, column {col})"
+            )
+        return x
+
+    def _run(self, x: FloatArray) -> FloatArray:
+        try:
+            (y,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        except Exception as exc:  # ORT's own exception classes (e.g. out of memory)
+            raise ServiceError(f"inference failed for input of shape {x.shape}: {exc}") from exc
+        out = np.asarray(y, dtype=np.float32)
+        expected = (*x.shape[:2], len(self.outputs))
+        if out.shape != expected:
+            raise ContractError(f"{self.path}: model returned shape {out.shape}, expected {expected}")
+        return out
+
+
+def _provider_list(choice: str) -> list[str]:
+    """ONNX Runtime provider list for a choice, CPU last as the fallback for unsupported operators."""
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [_CPU]
+    if choice == "cuda":
+        if _CUDA not in available:
+            raise ModelNotReadyError(
+                f"CUDA was requested but this onnxruntime build offers only {available}; "
+                "install onnxruntime-gpu or choose providers 'cpu' or 'auto'"
+            )
+        return [_CUDA, _CPU]
+    if choice == "auto":
+        return [_CUDA, _CPU] if _CUDA in available else [_CPU]
+    raise ValueError(f"providers must be 'auto', 'cpu' or 'cuda', not {choice!r}")
+
+
+def _check_interface(session: Any, contract: ModelContract, path: Path) -> None:
+    """Refuse a graph whose input/output names, types or shapes disagree with its contract."""
+    problems: list[str] = []
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        problems.append(f"inputs are {[i.name for i in inputs]}, expected [{INPUT_NAME!r}]")
+    if [o.name for o in outputs] != [OUTPUT_NAME]:
+        problems.append(f"outputs are {[o.name for o in outputs]}, expected [{OUTPUT_NAME!r}]")
+    if not problems:
+        arg_problems = [
+            _arg_problem(inputs[0], contract.num_features, static_width=True),
+            _arg_problem(outputs[0], len(contract.outputs), static_width=False),
+        ]
+        problems.extend(p for p in arg_problems if p)
+    if problems:
+        raise ContractError(f"{path}: graph does not match its contract: " + "; ".join(problems))
+
+
+def _arg_problem(arg: Any, width: int, *, static_width: bool) -> str | None:
+    """Why a graph input/output is not a float (batch, time, width) tensor, or None if it is.
+
+    The input's width must be declared (a graph that accepts any F cannot be checked against the
+    contract); an output's may be symbolic, since every run checks the real output shape.
+    """
+    shape: Sequence[Any] = arg.shape
+    if arg.type != "tensor(float)":
+        return f"{arg.name} has type {arg.type}, expected tensor(float)"
+    if len(shape) != 3:
+        return f"{arg.name} has shape {list(shape)}, expected [batch, time, {width}]"
+    if any(isinstance(d, int) for d in shape[:2]):
+        return f"{arg.name} has shape {list(shape)}: batch and time must be dynamic"
+    if not isinstance(shape[2], int):
+        return None if not static_width else f"{arg.name} has no fixed width, the contract says {width}"
+    if shape[2] != width:
+        return f"{arg.name} has width {shape[2]}, the contract says {width}"
+    return None

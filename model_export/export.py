@@ -1,0 +1,450 @@
+"""Checkpoint -> self-describing ONNX file: the one artefact serving loads.
+
+The exported graph is :class:`ExportModule`: the training :class:`~model_export.train.Normaliser`
+(rebuilt from the contract's statistics) followed by the :class:`~model_export.model.EmotionRNN`. It
+maps *raw* openSMILE features ``features`` (B, T, F) float32 to ``emotion`` (B, T, O) in [-1, 1], so
+serving feeds the extractor's output as is and the graph normalises it exactly as training did; no
+second implementation of the normalisation exists that could drift.
+
+The file carries its own description in ``metadata_props``: the full :class:`~app.contract.ModelContract`
+(``contract.to_metadata()``) plus ``mer.model_config``, ``mer.train_config``, ``mer.model_name``,
+``mer.model_version``, ``mer.dataset``, ``mer.metrics``, ``mer.export_date``, ``mer.versions`` and
+``mer.weights_dtype``. Every export is verified before it is returned: ONNX Runtime with all graph
+optimisations must reproduce the PyTorch module within :data:`PARITY_TOLERANCE` for several batch sizes
+and lengths, or :class:`ExportError` is raised and no file is left behind.
+
+Optional fp16 weights (``fp16=True``) halve the file: the model's large weights are first rounded to
+the nearest float16 *in PyTorch*, the rounded module is exported, and then exactly those initializers
+whose values survive a float16 round trip bit for bit are stored as FLOAT16 with a ``Cast`` to float in
+front. The conversion is therefore lossless with respect to the rounded module (parity is checked
+against it, at the same tolerance), all arithmetic stays float32, and the only accuracy cost is the
+rounding itself, which is measured against the float32 model and logged. ONNX Runtime folds the casts
+at load time, so memory at inference is the same as for float32 weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import tempfile
+import warnings
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+from app.contract import METADATA_PREFIX, ModelContract
+from app.errors import ContractError
+
+# The graph's interface names are defined once, by the side that serves the graph.
+from app.predictor import INPUT_NAME, OUTPUT_NAME
+from model_export.model import EmotionRNN, ModelConfig, build_model, export_onnx
+from model_export.train import Normaliser
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "PARITY_TOLERANCE",
+    "ExportError",
+    "ExportModule",
+    "export_checkpoint",
+    "load_checkpoint",
+    "verify_onnx",
+]
+
+log = logging.getLogger(__name__)
+
+#: Largest accepted |ONNX Runtime - PyTorch| over every output of the verification inputs.
+PARITY_TOLERANCE = 1e-4
+#: (B, T) pairs every export is verified at: T = 1 (no past at all), 2, and the paper's 61-frame clip.
+VERIFY_SHAPES = tuple((b, t) for t in (1, 2, 61) for b in (1, 3))
+#: Initializers with fewer elements stay float32 under ``fp16=True``: the saving would be nil and the
+#: scalar constants (clip bounds, the attention mask's -1e9) must keep their exact values.
+FP16_MIN_ELEMENTS = 1024
+#: Checkpoint keys written by ``python -m model_export train`` that export needs.
+REQUIRED_CHECKPOINT_KEYS = ("model_config", "state_dict", "contract")
+#: Metadata keys this module writes besides the contract's own.
+EXPORT_KEYS = tuple(
+    METADATA_PREFIX + k
+    for k in (
+        "model_config",
+        "train_config",
+        "model_name",
+        "model_version",
+        "dataset",
+        "metrics",
+        "export_date",
+        "versions",
+        "weights_dtype",
+    )
+)
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the PyTorch module (or could not be written)."""
+
+
+class ExportModule(nn.Module):
+    """Raw features (B, T, F) -> emotion (B, T, O): the contract's normaliser, then the model.
+
+    Args:
+        model: The trained model (expects standardised features).
+        contract: The model's contract; its ``norm_mean``, ``norm_std``, ``feature_transform`` and
+            ``clip_z`` build the front :class:`~model_export.train.Normaliser`.
+
+    Raises:
+        ContractError: If the model's input or output width disagrees with the contract.
+    """
+
+    def __init__(self, model: EmotionRNN, contract: ModelContract) -> None:
+        super().__init__()
+        _check_model_matches_contract(model.config, contract)
+        # Writable copies: the contract's arrays are read-only and torch warns about wrapping those.
+        self.normaliser = Normaliser(
+            contract.norm_mean.copy(), contract.norm_std.copy(), contract.feature_transform, contract.clip_z
+        )
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise raw features as training did and predict every frame.
+
+        Args:
+            x: Raw features, (B, T, F) float32.
+
+        Returns:
+            (B, T, O) in [-1, 1].
+        """
+        return cast(Tensor, self.model(self.normaliser(x)))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[EmotionRNN, ModelContract, dict[str, Any]]:
+    """Load a checkpoint written by ``python -m model_export train``.
+
+    Args:
+        path: The ``.pt`` file.
+
+    Returns:
+        ``(model, contract, meta)``: the model in eval mode, its validated contract, and every other
+        checkpoint entry (``model_config``, ``train_config``, ``dataset``, ``history``, ``best_epoch``,
+        ``clips``, ... ; not ``state_dict``).
+
+    Raises:
+        ValueError: If required keys are missing or the weights do not fit the model config.
+        ContractError: If the contract is invalid or disagrees with the model or training config.
+    """
+    # weights_only: a checkpoint is plain containers and tensors; never unpickle arbitrary objects.
+    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a checkpoint dict")
+    missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}")
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    contract = ModelContract.from_metadata(ckpt["contract"])
+    _check_model_matches_contract(config, contract)
+    train_config = ckpt.get("train_config") or {}
+    problems = []
+    if "targets" in train_config and tuple(train_config["targets"]) != contract.outputs:
+        problems.append(f"train_config targets {train_config['targets']} != outputs {contract.outputs}")
+    for key in ("feature_transform", "clip_z"):
+        if key in train_config and train_config[key] != getattr(contract, key):
+            problems.append(f"train_config {key} {train_config[key]!r} != {getattr(contract, key)!r}")
+    if problems:
+        raise ContractError(f"{path}: checkpoint inconsistent with its contract: " + "; ".join(problems))
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {config.name}: {exc}") from exc
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model, contract, meta
+
+
+def export_checkpoint(
+    ckpt_path: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    *,
+    model_name: str,
+    model_version: str,
+    extra_metadata: Mapping[str, str] | None = None,
+    fp16: bool = False,
+) -> Path:
+    """Export a training checkpoint to a verified, self-describing ONNX file.
+
+    Args:
+        ckpt_path: Checkpoint from ``python -m model_export train``.
+        onnx_path: Destination; written atomically (a temporary file is renamed into place only after
+            verification).
+        model_name: Stored as ``mer.model_name``.
+        model_version: Stored as ``mer.model_version``.
+        extra_metadata: More ``metadata_props`` entries, written as given. ``mer.metrics`` here (JSON)
+            replaces the metrics derived from the checkpoint (best epoch, its validation MSE, clips).
+            Contract keys cannot be overridden.
+        fp16: Store the large weights as float16 (see the module docstring).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: On a bad checkpoint or an ``extra_metadata`` key that would override the contract,
+            or ``mer.metrics`` that is not JSON.
+        ContractError: If the checkpoint's contract is invalid or inconsistent.
+        ExportError: If ONNX Runtime does not reproduce the PyTorch module within tolerance.
+    """
+    model, contract, meta = load_checkpoint(ckpt_path)
+    extra = dict(extra_metadata or {})
+    contract_meta = contract.to_metadata()
+    clash = sorted(set(extra) & (set(contract_meta) | {METADATA_PREFIX + "weights_dtype"}))
+    if clash:
+        raise ValueError(f"extra_metadata must not override {clash}")
+    metrics = extra.pop(METADATA_PREFIX + "metrics", None)
+    if metrics is None:
+        metrics = json.dumps(_checkpoint_metrics(meta), sort_keys=True)
+    else:
+        json.loads(metrics)  # must be JSON like every other structured key; raises ValueError
+
+    reference = ExportModule(model, contract).eval()
+    fp32_reference = reference
+    if fp16:
+        reference = copy.deepcopy(reference)
+        _round_weights_to_fp16(reference.model)
+
+    metadata = {
+        **contract_meta,
+        METADATA_PREFIX + "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        METADATA_PREFIX + "train_config": json.dumps(meta.get("train_config", {}), sort_keys=True),
+        METADATA_PREFIX + "model_name": model_name,
+        METADATA_PREFIX + "model_version": model_version,
+        METADATA_PREFIX + "dataset": str(meta.get("dataset", "")),
+        METADATA_PREFIX + "metrics": metrics,
+        METADATA_PREFIX + "export_date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        METADATA_PREFIX + "versions": json.dumps(_versions(), sort_keys=True),
+        METADATA_PREFIX + "weights_dtype": "float16" if fp16 else "float32",
+        **extra,
+    }
+
+    out = Path(onnx_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings():
+            # The legacy exporter's deprecation notice, its generic "batch size other than 1 with
+            # LSTM" caution, constant-folding notes and nn.LSTM's size checks seen by the tracer: the
+            # graph's correctness for several B and T is established by verify_onnx below, which
+            # raises instead of warning.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+            export_onnx(
+                reference,
+                tmp,
+                num_features=contract.num_features,
+                input_name=INPUT_NAME,
+                output_name=OUTPUT_NAME,
+            )
+        proto = onnx.load(os.fspath(tmp))
+        if fp16:
+            converted = _store_initializers_fp16(proto)
+            log.info("fp16: %d initializers stored as float16", converted)
+        proto.graph.doc_string = f"{model_name} {model_version}: raw {contract.features.feature_set} features"
+        for key, value in metadata.items():
+            proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, os.fspath(tmp))
+        diff = verify_onnx(tmp, reference, contract)
+        log.info("exported %s: max |ORT - PyTorch| = %.2e", model.config.name, diff)
+        if fp16:
+            deviation = _max_abs_diff_torch(reference, fp32_reference, contract)
+            log.info("fp16 weights change outputs by at most %.2e vs float32", deviation)
+        # mkstemp creates 0600; the model is read by the service, possibly as another user.
+        tmp.chmod(0o644)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def verify_onnx(
+    path: str | os.PathLike[str],
+    reference: nn.Module,
+    contract: ModelContract,
+    *,
+    shapes: tuple[tuple[int, int], ...] = VERIFY_SHAPES,
+    tolerance: float = PARITY_TOLERANCE,
+) -> float:
+    """Check an exported file against its PyTorch module with ONNX Runtime (all optimisations on).
+
+    Inputs are realistic raw features (standard-normal in the normalised space, mapped back through the
+    contract's transform) with a few extreme values (0, +-1e12) mixed in, so the in-graph normaliser's
+    compression and clipping are exercised too.
+
+    Args:
+        path: The ``.onnx`` file.
+        reference: The module it was exported from, in eval mode.
+        contract: The model's contract (for F and the raw-feature distribution).
+        shapes: ``(B, T)`` pairs to run.
+        tolerance: Largest accepted absolute difference.
+
+    Returns:
+        The largest absolute difference seen.
+
+    Raises:
+        ExportError: If the graph's interface is wrong or any difference exceeds ``tolerance``.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise ExportError(f"graph interface is {names}, expected ([{INPUT_NAME!r}], [{OUTPUT_NAME!r}])")
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for b, t in shapes:
+        x = sample_raw_features(contract, b, t, rng)
+        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        with torch.no_grad():
+            want = reference(torch.from_numpy(x)).numpy()
+        if got.shape != want.shape:
+            raise ExportError(f"B={b} T={t}: ONNX output shape {got.shape} != PyTorch {want.shape}")
+        diff = float(np.max(np.abs(got - want)))
+        if not diff <= tolerance:  # `not <=` also catches NaN
+            raise ExportError(f"B={b} T={t}: max |ORT - PyTorch| = {diff:.3g} > {tolerance:g}")
+        worst = max(worst, diff)
+    return worst
+
+
+def sample_raw_features(
+    contract: ModelContract, batch: int, frames: int, rng: np.random.Generator
+) -> FloatArray:
+    """Plausible raw features (B, T, F) for a contract, with a few extreme values mixed in.
+
+    Args:
+        contract: Supplies F, the statistics and the transform to invert.
+        batch: B.
+        frames: T.
+        rng: Random source.
+
+    Returns:
+        float32 array whose normalised values are mostly standard normal.
+    """
+    z = rng.standard_normal((batch, frames, contract.num_features))
+    x = contract.norm_mean.astype(np.float64) + contract.norm_std.astype(np.float64) * z
+    if contract.feature_transform == "signed_log1p":
+        # Inverse of sign(x) log1p(|x|); |x| is capped so expm1 stays inside float32.
+        x = np.sign(x) * np.expm1(np.minimum(np.abs(x), 80.0))
+    flat = x.reshape(-1)
+    idx = rng.choice(flat.size, size=min(flat.size, 3 * batch * frames), replace=False)
+    flat[idx] = rng.choice(np.array([0.0, 1e12, -1e12]), size=idx.size)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_model_matches_contract(config: ModelConfig, contract: ModelContract) -> None:
+    problems = []
+    if config.num_features != contract.num_features:
+        problems.append(f"model input width {config.num_features} != contract {contract.num_features}")
+    if config.num_outputs != len(contract.outputs):
+        problems.append(f"model has {config.num_outputs} outputs, contract names {list(contract.outputs)}")
+    if problems:
+        raise ContractError("model does not match its contract: " + "; ".join(problems))
+
+
+def _checkpoint_metrics(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training checkpoint says about its own quality (no held-out test metrics)."""
+    metrics: dict[str, Any] = {}
+    best = meta.get("best_epoch")
+    if isinstance(best, int):
+        metrics["best_epoch"] = best
+        for row in meta.get("history") or []:
+            if row.get("epoch") == best and "val_mse" in row:
+                metrics["best_val_mse"] = float(row["val_mse"])
+    if isinstance(meta.get("clips"), int):
+        metrics["clips"] = meta["clips"]
+    return metrics
+
+
+def _versions() -> dict[str, str]:
+    def installed(name: str) -> str:
+        try:
+            return pkg_version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "opensmile": installed("opensmile"),
+        "python": platform.python_version(),
+    }
+
+
+def _round_weights_to_fp16(model: nn.Module) -> None:
+    """Round large float parameters to the nearest float16 value, in place (kept as float32)."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.numel() >= FP16_MIN_ELEMENTS and torch.isfinite(param.half()).all():
+                param.copy_(param.half().float())
+
+
+def _store_initializers_fp16(model: onnx.ModelProto) -> int:
+    """Store large float32 initializers that are exactly float16-representable as FLOAT16.
+
+    Each converted initializer ``name`` becomes ``name__fp16`` plus a ``Cast(to=FLOAT)`` node that
+    produces ``name`` again, so the consumers are untouched. Only bit-exact conversions are made.
+
+    Returns:
+        How many initializers were converted.
+    """
+    graph = model.graph
+    kept: list[TensorProto] = []
+    casts: list[onnx.NodeProto] = []
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= FP16_MIN_ELEMENTS:
+            values = numpy_helper.to_array(init)
+            half = values.astype(np.float16)
+            if np.array_equal(half.astype(np.float32), values):
+                kept.append(numpy_helper.from_array(half, name=init.name + "__fp16"))
+                casts.append(
+                    helper.make_node(
+                        "Cast",
+                        [init.name + "__fp16"],
+                        [init.name],
+                        to=TensorProto.FLOAT,
+                        name=init.name + "/cast",
+                    )
+                )
+                continue
+        kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    # Casts first: the graph's nodes must stay topologically sorted.
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(casts)
+
+
+def _max_abs_diff_torch(a: nn.Module, b: nn.Module, contract: ModelContract) -> float:
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(sample_raw_features(contract, 3, 61, rng))
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
