@@ -58,6 +58,21 @@ def music16k() -> np.ndarray:
     return synth_music(45.0, 16_000, seed=1)
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded for tiny models.
+
+    With several threads every time step's small op opens a parallel region, and on a shared, busy
+    machine each of those waits for a descheduled thread (T=300, B=3 took 10 s instead of 50 ms).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

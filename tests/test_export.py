@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,7 @@ F = 6373  # the real ComParE_2016 width: ModelContract.validate() insists on it
 TINY_OVERRIDES: dict[str, Any] = {"hidden_sizes": [4], "attention_window": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models: with several threads every time step's small op waits for a busy machine's cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_contract(outputs: tuple[str, ...] = ("arousal", "valence"), seed: int = 0) -> ModelContract:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,7 @@ from model_export.model import (
 F_SMALL = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # These models are tiny: with several threads every time step's small op opens a parallel region,
-    # and on a shared, busy machine each of those waits for a descheduled thread (T=300, B=3 took 10 s
-    # instead of 50 ms). One thread keeps the suite fast and its timing stable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(kind: str = "AT", **kw: Any) -> EmotionRNN:
