@@ -125,11 +125,17 @@ def cross_validate(
     """
     usable = [c for c in clips if c.clip_id in features]
     folds = group_folds([c.group for c in usable], k, fold_seed)
-    run_key = hashlib.sha256(
+    # The key covers everything a fold's predictions depend on, the feature and target values included
+    # (another analysis rate or re-rendered audio keeps the clip ids but must not reuse old folds).
+    digest = hashlib.sha256(
         json.dumps(
             [name, cfg.to_dict(), k, fold_seed, [c.clip_id for c in usable]], sort_keys=True, default=str
         ).encode()
-    ).hexdigest()[:16]
+    )
+    for c in usable:
+        digest.update(np.ascontiguousarray(features[c.clip_id]).tobytes())
+        digest.update(np.ascontiguousarray(c.targets).tobytes())
+    run_key = digest.hexdigest()[:16]
     seconds = 0.0
     ids: list[str] = []
     preds: list[FloatArray] = []

@@ -53,6 +53,10 @@ def test_cv_pools_every_clip_once_and_resumes(tmp_path: Path, monkeypatch: pytes
         np.testing.assert_array_equal(a, b)
     assert again.scores() == first.scores()
     assert again.seconds == pytest.approx(first.seconds)
+    # Other feature values (say, another analysis rate) under the same clip ids must not reuse folds.
+    changed = {key: value * 2 for key, value in feats.items()}
+    with pytest.raises(AssertionError, match="trained again"):
+        ev.cross_validate("m", CFG, clips, changed, k=3, state_dir=tmp_path)
 
 
 def test_partial_cv_and_report(tmp_path: Path) -> None:
