@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make run    create .venv, install the serving extra, start the service on the default model
-#   make test   create .venv, install serving + dev extras, run ruff, mypy and pytest
+#   make test   create .venv, install serve + dev + train extras, run ruff, mypy and pytest
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
