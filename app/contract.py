@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -275,12 +275,15 @@ _SCALAR_KEYS = (
 _ARRAY_TAG = "float32le:"
 
 
-def transform_features(x: FloatArray, transform: str) -> FloatArray:
-    """Apply a named compression from :data:`FEATURE_TRANSFORMS` to raw features."""
+_Float = TypeVar("_Float", np.float32, np.float64)
+
+
+def transform_features(x: npt.NDArray[_Float], transform: str) -> npt.NDArray[_Float]:
+    """Apply a named compression from :data:`FEATURE_TRANSFORMS` to raw features (dtype kept)."""
     if transform == "none":
         return x
     if transform == "signed_log1p":
-        return (np.sign(x) * np.log1p(np.abs(x))).astype(np.float32, copy=False)
+        return np.sign(x) * np.log1p(np.abs(x))
     raise ContractError(f"unknown feature_transform {transform!r}")
 
 

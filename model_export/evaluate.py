@@ -19,8 +19,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import kendalltau
 
-from model_export.datasets.base import TARGETS, Clip
-from model_export.train import TrainConfig, make_sequences, predict, train, validation_split
+from model_export.datasets.base import Clip
+from model_export.train import (
+    TrainConfig,
+    make_sequences,
+    predict,
+    select_targets,
+    train,
+    validation_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +159,7 @@ def cross_validate(
             for i, p in zip(test_idx, fold_preds, strict=True):
                 ids.append(usable[i].clip_id)
                 preds.append(p.astype(np.float32))
-                trues.append(_selected(usable[i].targets, cfg.targets)[: p.shape[0]])
+                trues.append(select_targets(usable[i].targets, cfg.targets)[: p.shape[0]])
             epochs.append(best_epoch)
             seconds += fold_s
             continue
@@ -205,10 +212,6 @@ def cross_validate(
         seconds=seconds,
         epochs=epochs,
     )
-
-
-def _selected(targets: FloatArray, names: Sequence[str]) -> FloatArray:
-    return targets[:, [TARGETS.index(n) for n in names]]
 
 
 def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: str = "") -> dict[str, Any]:

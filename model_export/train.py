@@ -22,6 +22,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from app.contract import FEATURE_TRANSFORMS, transform_features
 from model_export.datasets.base import TARGETS
 from model_export.model import PRESETS, ModelConfig, build_model, fast_cpu_context
 
@@ -94,7 +95,7 @@ class Normaliser(nn.Module):
 
     def __init__(self, mean: FloatArray, std: FloatArray, transform: str, clip_z: float) -> None:
         super().__init__()
-        if transform not in ("none", "signed_log1p"):
+        if transform not in FEATURE_TRANSFORMS:
             raise ValueError(f"unknown feature transform {transform!r}")
         self.transform = transform
         self.clip_z = float(clip_z)
@@ -109,14 +110,6 @@ class Normaliser(nn.Module):
         return torch.clamp(z, -self.clip_z, self.clip_z)
 
 
-def transform_np(x: FloatArray, transform: str) -> npt.NDArray[np.float64]:
-    """The feature compression in float64 numpy (for statistics)."""
-    x64 = x.astype(np.float64)
-    if transform == "signed_log1p":
-        return np.sign(x64) * np.log1p(np.abs(x64))
-    return x64
-
-
 def fit_statistics(features: Sequence[FloatArray], transform: str) -> tuple[FloatArray, FloatArray]:
     """Per-feature mean and std of the transformed frames of the training part only.
 
@@ -127,7 +120,7 @@ def fit_statistics(features: Sequence[FloatArray], transform: str) -> tuple[Floa
     total: npt.NDArray[np.float64] | None = None
     total_sq: npt.NDArray[np.float64] | None = None
     for f in features:
-        x = transform_np(f, transform)
+        x = transform_features(f.astype(np.float64), transform)
         s, sq = x.sum(axis=0), np.square(x).sum(axis=0)
         total = s if total is None else total + s
         total_sq = sq if total_sq is None else total_sq + sq
@@ -177,7 +170,8 @@ def _masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
     return (torch.square(pred - y) * mask).sum() / (mask.sum() * y.shape[-1])
 
 
-def _select_targets(targets: FloatArray, names: Sequence[str]) -> FloatArray:
+def select_targets(targets: FloatArray, names: Sequence[str]) -> FloatArray:
+    """The columns of ``(T, 2)`` targets named by ``names`` (e.g. only valence)."""
     idx = [TARGETS.index(n) for n in names]
     return targets[:, idx]
 
@@ -194,7 +188,7 @@ def make_sequences(
         for f, t in zip(features, targets, strict=True):
             n = min(f.shape[0], t.shape[0])
             x = normaliser(torch.from_numpy(np.ascontiguousarray(f[:n])))
-            out.append(TrainSequence(x, torch.from_numpy(_select_targets(t[:n], names).copy())))
+            out.append(TrainSequence(x, torch.from_numpy(select_targets(t[:n], names).copy())))
     return out
 
 
