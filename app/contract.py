@@ -25,7 +25,8 @@ import numpy.typing as npt
 from app.errors import ContractError
 
 #: Version of the metadata layout written by :meth:`ModelContract.to_metadata`.
-CONTRACT_VERSION = 1
+#: 2: the feature configuration gained the input level policy.
+CONTRACT_VERSION = 2
 #: Prefix of every contract key in an ONNX file's ``metadata_props``.
 METADATA_PREFIX = "mer."
 
@@ -40,6 +41,12 @@ SUPPORTED_FEATURE_SETS = {("ComParE_2016", "Functionals"): 6373}
 FEATURE_TRANSFORMS = ("none", "signed_log1p")
 #: Window lengths for which this build ships an openSMILE frame-mode configuration.
 SUPPORTED_WINDOWS_S = (0.5,)
+#: How the input level is set before openSMILE sees the audio (see ``app.features.level_gain_db``).
+#: ``gated-rms`` scales each clip to a target gated RMS level, so the features (and the model) do not
+#: depend on how loud a recording was mastered or rendered; ``none`` passes samples through.
+LEVEL_POLICIES = ("none", "gated-rms")
+#: Range of accepted target levels for ``gated-rms``, in dBFS.
+TARGET_LEVEL_RANGE_DBFS = (-60.0, -3.0)
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 
@@ -57,6 +64,8 @@ class FeatureConfig:
         hop_s: Seconds between frame starts.
         window_s: Seconds each frame's functionals cover (equal to ``hop_s``: non-overlapping).
         frame_policy: Name of the frame policy (see :data:`FRAME_POLICY`).
+        level_policy: Input level normalisation (:data:`LEVEL_POLICIES`).
+        target_level_dbfs: Gated RMS level, in dBFS, ``gated-rms`` scales each clip to.
     """
 
     sample_rate: int = 16_000
@@ -65,6 +74,8 @@ class FeatureConfig:
     hop_s: float = 0.5
     window_s: float = 0.5
     frame_policy: str = FRAME_POLICY
+    level_policy: str = "gated-rms"
+    target_level_dbfs: float = -23.0
 
     def validate(self) -> None:
         """Raise :class:`ContractError` if this build cannot compute these features."""
@@ -325,4 +336,10 @@ def _feature_config_problems(cfg: FeatureConfig) -> list[str]:
         problems.append(f"hop_s {cfg.hop_s} != window_s {cfg.window_s}: frames must not overlap")
     if cfg.frame_policy != FRAME_POLICY:
         problems.append(f"frame_policy {cfg.frame_policy!r} is not {FRAME_POLICY!r}")
+    if cfg.level_policy not in LEVEL_POLICIES:
+        problems.append(f"level_policy {cfg.level_policy!r} not in {list(LEVEL_POLICIES)}")
+    low, high = TARGET_LEVEL_RANGE_DBFS
+    target = cfg.target_level_dbfs
+    if isinstance(target, bool) or not isinstance(target, float | int) or not low <= target <= high:
+        problems.append(f"target_level_dbfs {target!r} outside [{low}, {high}]")
     return problems

@@ -12,6 +12,16 @@ shorter than one window is an error, never a row of NaN. openSMILE's low-level d
 used for that where it exists, and zeros fill in where it does not (so the last frame of a clip that
 ends exactly on a boundary is computed with silence as that tiny look-ahead).
 
+Input level (``level_policy = "gated-rms"``): before openSMILE, each clip is scaled so that its gated
+RMS level (0.4 s blocks; blocks under -70 dBFS, and then those 10 dB under the mean of the rest, are
+ignored, as in ITU-R BS.1770 but without its K-weighting filter) equals ``target_level_dbfs``, unless
+that would push the peak over -0.1 dBFS, in which case the peak decides. Both the level and the peak
+scale with the input gain, so a clip played 20 dB louder gives the same features: many ComParE
+functionals are energies, and a model trained on renders at one level otherwise fails on recordings
+mastered at another. Levels within a clip (crescendos, quiet intros) are kept: there is one gain per
+clip. A clip whose every block lies under -70 dBFS is left as it is, and the gain never exceeds
++40 dB, so silence stays silence rather than amplified noise.
+
 openSMILE computes functionals for all windows in a single run with ``frameMode = fixed``; this is
 about 2x faster than one call per window, but gives slightly different numbers (the low-level
 descriptors see their neighbours across window edges), which is why there must be only one path.
@@ -38,6 +48,11 @@ from app.errors import AudioTooShortError, ContractError, CorruptAudioError
 #: it, zeros otherwise): the LLDs of a window's last 10 ms steps use up to 60 ms of audio past its end.
 LOOKAHEAD_S = 0.1
 _INT16_MAX = 32767 / 32768  # openSMILE casts signal * 32768 to int16; 1.0 would wrap to -32768.
+LEVEL_BLOCK_S = 0.4
+LEVEL_ABSOLUTE_GATE_DBFS = -70.0
+LEVEL_RELATIVE_GATE_DB = -10.0
+LEVEL_PEAK_CEILING_DBFS = -0.1
+LEVEL_MAX_GAIN_DB = 40.0
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -50,11 +65,13 @@ class Features:
         values: ``(T, F)`` float32 functionals, all finite.
         starts: ``(T,)`` frame start times in seconds.
         ends: ``(T,)`` frame end times in seconds.
+        gain_db: Gain the level policy applied to the clip before extraction, in dB.
     """
 
     values: FloatArray
     starts: npt.NDArray[np.float64]
     ends: npt.NDArray[np.float64]
+    gain_db: float = 0.0
 
     @property
     def num_frames(self) -> int:
@@ -75,6 +92,57 @@ def num_frames(num_samples: int, config: FeatureConfig) -> int:
 def names_sha256(names: list[str]) -> str:
     """SHA-256 of feature names joined by newlines (the contract's names hash)."""
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def gated_level_dbfs(signal: npt.ArrayLike, sample_rate: int) -> float | None:
+    """Gated RMS level of a mono signal in dBFS (BS.1770-style gating, no K-weighting).
+
+    Args:
+        signal: Mono samples in [-1, 1].
+        sample_rate: Its sample rate in Hz.
+
+    Returns:
+        The level of the blocks that pass both gates, or ``None`` if every block lies under the
+        absolute gate (silence, near-silence).
+    """
+    x = np.asarray(signal, dtype=np.float32).reshape(-1)
+    n = max(1, round(LEVEL_BLOCK_S * sample_rate))
+    blocks = x[: x.size // n * n].reshape(-1, n) if x.size >= n else x.reshape(1, -1)
+    if blocks.size == 0:
+        return None
+    # einsum keeps memory at one float per block even for a 15-minute song.
+    power = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / blocks.shape[1]
+    with np.errstate(divide="ignore"):
+        level = 10.0 * np.log10(power)
+    keep = level > LEVEL_ABSOLUTE_GATE_DBFS
+    if not keep.any():
+        return None
+    relative_gate = 10.0 * math.log10(float(power[keep].mean())) + LEVEL_RELATIVE_GATE_DB
+    keep &= level > relative_gate
+    return 10.0 * math.log10(float(power[keep].mean()))
+
+
+def level_gain_db(signal: npt.ArrayLike, config: FeatureConfig) -> float:
+    """Gain, in dB, that ``config.level_policy`` applies to ``signal`` before extraction.
+
+    Args:
+        signal: Mono samples in [-1, 1] at ``config.sample_rate``.
+        config: The feature configuration (its level policy and target).
+
+    Returns:
+        0 for ``level_policy = "none"`` and for signals under the absolute gate; otherwise the gain
+        that brings the gated level to the target, lowered if needed to keep the peak at -0.1 dBFS
+        and capped at +40 dB.
+    """
+    if config.level_policy == "none":
+        return 0.0
+    x = np.asarray(signal, dtype=np.float32).reshape(-1)
+    level = gated_level_dbfs(x, config.sample_rate)
+    if level is None:
+        return 0.0
+    peak = float(np.max(np.abs(x)))
+    peak_room = LEVEL_PEAK_CEILING_DBFS - 20.0 * math.log10(peak)
+    return min(config.target_level_dbfs - level, peak_room, LEVEL_MAX_GAIN_DB)
 
 
 class FeatureExtractor:
@@ -135,6 +203,8 @@ class FeatureExtractor:
     def extract(self, signal: npt.ArrayLike) -> Features:
         """Compute the functionals of every complete window of ``signal``.
 
+        The level policy of the configuration is applied first (one gain for the whole signal).
+
         Args:
             signal: Mono samples in [-1, 1] at ``config.sample_rate`` (1-D).
 
@@ -157,10 +227,15 @@ class FeatureExtractor:
             )
         if not np.all(np.isfinite(x)):
             raise CorruptAudioError("audio holds NaN or infinite samples")
+        gain_db = level_gain_db(x, self.config)
         tail = math.ceil(LOOKAHEAD_S * self.config.sample_rate)
         padded = np.zeros(t * win + tail, dtype=np.float32)
         used = min(x.size, padded.size)
-        np.clip(x[:used], -1.0, _INT16_MAX, out=padded[:used])
+        if gain_db:
+            np.multiply(x[:used], np.float32(10.0 ** (gain_db / 20.0)), out=padded[:used])
+            np.clip(padded[:used], -1.0, _INT16_MAX, out=padded[:used])
+        else:
+            np.clip(x[:used], -1.0, _INT16_MAX, out=padded[:used])
         values = np.asarray(self._smile(padded[None, :], self.config.sample_rate))[0].T
         if values.shape != (t, self.num_features):
             raise RuntimeError(
@@ -172,4 +247,4 @@ class FeatureExtractor:
             big = float(np.finfo(np.float32).max)
             values = np.nan_to_num(values, nan=0.0, posinf=big, neginf=-big)
         starts = np.arange(t, dtype=np.float64) * self.config.hop_s
-        return Features(values=values, starts=starts, ends=starts + self.config.window_s)
+        return Features(values=values, starts=starts, ends=starts + self.config.window_s, gain_db=gain_db)

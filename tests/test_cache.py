@@ -7,7 +7,7 @@ import soundfile as sf
 
 from app.audio import decode
 from app.contract import FeatureConfig
-from app.features import FeatureExtractor
+from app.features import LOOKAHEAD_S, FeatureExtractor
 from model_export.cache import FeatureCache
 from model_export.datasets.base import Clip
 from tests.conftest import synth_music
@@ -29,7 +29,10 @@ def test_cached_features_match_the_feature_path(tmp_path: Path, extractor16k: Fe
     cache = FeatureCache(tmp_path / "cache", extractor16k)
     feats = cache.load_all(clips, workers=2, progress=False)
     assert set(feats) == {"c0", "c1", "c2"}
-    direct = extractor16k.extract(decode(clips[1].audio_path, SR, offset_s=1.5)).values[:8]
+    # The cache analyses the labelled range (plus look-ahead) only, so the level policy's gain comes
+    # from that range too.
+    signal = decode(clips[1].audio_path, SR, offset_s=1.5, duration_s=8 * 0.5 + LOOKAHEAD_S)
+    direct = extractor16k.extract(signal).values[:8]
     np.testing.assert_array_equal(feats["c1"], direct)
     assert feats["c1"].shape == (8, 6373)
 

@@ -6,11 +6,24 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app.contract import FeatureConfig, ModelContract
+from app.contract import FeatureConfig, ModelContract, transform_features
 from app.errors import AudioTooShortError, ContractError, CorruptAudioError
-from app.features import FeatureExtractor, names_sha256, num_frames, opensmile_version
+from app.features import (
+    FeatureExtractor,
+    gated_level_dbfs,
+    level_gain_db,
+    names_sha256,
+    num_frames,
+    opensmile_version,
+)
 
 SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def raw16k() -> FeatureExtractor:
+    """An extractor that passes the input level through (level_policy "none")."""
+    return FeatureExtractor(FeatureConfig(sample_rate=SR, level_policy="none"))
 
 
 @pytest.mark.parametrize(
@@ -56,26 +69,78 @@ def test_concurrent_extraction_on_one_extractor(extractor16k: FeatureExtractor, 
         assert np.array_equal(a, b)
 
 
-def test_a_prefix_gives_the_first_frames_exactly(
-    extractor16k: FeatureExtractor, music16k: np.ndarray
-) -> None:
-    whole = extractor16k.extract(music16k).values
-    # With the look-ahead present, a prefix reproduces the whole clip's frames bit for bit ...
-    prefix = extractor16k.extract(music16k[: int(20.1 * SR)]).values
+def test_a_prefix_gives_the_first_frames_exactly(raw16k: FeatureExtractor, music16k: np.ndarray) -> None:
+    # Without level normalisation (whose one gain depends on the whole clip) features are local:
+    whole = raw16k.extract(music16k).values
+    # with the look-ahead present, a prefix reproduces the whole clip's frames bit for bit ...
+    prefix = raw16k.extract(music16k[: int(20.1 * SR)]).values
     assert prefix.shape[0] == 40
     assert np.array_equal(prefix, whole[:40])
     # ... and without it only the last frame (zeros as look-ahead) may differ.
-    cut = extractor16k.extract(music16k[: 20 * SR]).values
+    cut = raw16k.extract(music16k[: 20 * SR]).values
     assert np.array_equal(cut[:39], whole[:39])
 
 
-def test_full_scale_does_not_wrap_around(extractor16k: FeatureExtractor, music16k: np.ndarray) -> None:
+def test_full_scale_does_not_wrap_around(raw16k: FeatureExtractor, music16k: np.ndarray) -> None:
     x = music16k[: 2 * SR] * 20  # heavily clipped: many samples at exactly +-1.0
     x = np.clip(x, -1.0, 1.0)
     assert np.sum(x == 1.0) > 100
-    a = extractor16k.extract(x).values
-    b = extractor16k.extract(np.clip(x, -1.0, 32767 / 32768)).values
+    a = raw16k.extract(x).values
+    b = raw16k.extract(np.clip(x, -1.0, 32767 / 32768)).values
     assert np.array_equal(a, b)
+
+
+def _at_level(x: np.ndarray, dbfs: float) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return (x * (10 ** (dbfs / 20) / rms)).astype(np.float32)
+
+
+def test_gated_level_of_a_sine_and_of_silence() -> None:
+    t = np.arange(4 * SR) / SR
+    sine = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    assert gated_level_dbfs(sine, SR) == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.01)
+    # Silent stretches are gated out: a sine with 3 s of silence after it has the sine's level.
+    padded = np.concatenate([sine, np.zeros(3 * SR, dtype=np.float32)])
+    assert gated_level_dbfs(padded, SR) == pytest.approx(gated_level_dbfs(sine, SR), abs=0.01)
+    assert gated_level_dbfs(np.zeros(SR, dtype=np.float32), SR) is None
+    assert gated_level_dbfs(np.full(SR, 1e-4, dtype=np.float32), SR) is None  # -80 dBFS
+
+
+def test_level_gain_reaches_the_target_and_respects_the_peak(music16k: np.ndarray) -> None:
+    cfg = FeatureConfig(sample_rate=SR, target_level_dbfs=-23.0)
+    x = _at_level(music16k, -35.0)
+    gain = level_gain_db(x, cfg)
+    level = gated_level_dbfs(x * np.float32(10 ** (gain / 20)), SR)
+    assert level == pytest.approx(-23.0, abs=0.05)
+    # A signal with a 40 dB crest factor is limited by its peak, not by the target.
+    spiky = x.copy()
+    spiky[1000] = 0.9
+    gain = level_gain_db(spiky, cfg)
+    assert 20 * np.log10(0.9) + gain == pytest.approx(-0.1, abs=1e-6)
+    assert level_gain_db(np.zeros(SR, dtype=np.float32), cfg) == 0.0
+    assert level_gain_db(x, replace(cfg, level_policy="none")) == 0.0
+
+
+def test_features_do_not_depend_on_the_input_level(
+    extractor16k: FeatureExtractor, raw16k: FeatureExtractor, music16k: np.ndarray
+) -> None:
+    def z_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # Differences in units of each feature's spread, after the contract's compression.
+        ta, tb = (transform_features(v, "signed_log1p") for v in (a, b))
+        return np.asarray(np.abs(ta - tb) / (tb.std(axis=0) + 1e-6))
+
+    x = music16k[: 10 * SR]
+    ref = extractor16k.extract(_at_level(x, -20.0))
+    for dbfs in (-40.0, -30.0, -10.0):
+        got = extractor16k.extract(_at_level(x, dbfs))
+        assert got.gain_db == pytest.approx(ref.gain_db - (dbfs + 20.0), abs=1e-3)
+        # openSMILE quantises to 16 bits, so a few threshold-like functionals may flip; the rest match.
+        z = z_change(got.values, ref.values)
+        assert z.mean() < 1e-3
+        assert np.mean(z > 0.05) < 1e-3
+    # Without the level policy the same 20 dB change moves many features by more than their spread.
+    z = z_change(raw16k.extract(_at_level(x, -30.0)).values, raw16k.extract(_at_level(x, -10.0)).values)
+    assert np.mean(z > 0.05) > 0.1
 
 
 @pytest.mark.parametrize("n", [0, 1, SR // 2 - 1])
@@ -116,6 +181,10 @@ def test_unsupported_config_is_refused() -> None:
         FeatureExtractor(FeatureConfig(window_s=1.0, hop_s=1.0))
     with pytest.raises(ContractError, match="overlap"):
         FeatureExtractor(FeatureConfig(hop_s=0.25))
+    with pytest.raises(ContractError, match="level_policy"):
+        FeatureExtractor(FeatureConfig(level_policy="peak"))
+    with pytest.raises(ContractError, match="target_level_dbfs"):
+        FeatureExtractor(FeatureConfig(target_level_dbfs=0.0))
 
 
 def _contract(fx: FeatureExtractor) -> ModelContract:
@@ -137,6 +206,7 @@ def test_check_contract_accepts_its_own(extractor16k: FeatureExtractor) -> None:
     ("change", "match"),
     [
         ({"features": FeatureConfig(sample_rate=44_100)}, "features"),
+        ({"features": FeatureConfig(level_policy="none")}, "features"),
         ({"feature_names_sha256": "0" * 64}, "names"),
         ({"opensmile_version": "1.0.0"}, "opensmile"),
     ],
