@@ -25,6 +25,8 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        #: HTTP headers the response must carry (Retry-After, WWW-Authenticate); the one handler adds them.
+        self.headers: dict[str, str] = {}
 
     def to_dict(self) -> dict[str, dict[str, str]]:
         """Return the one JSON error shape."""
@@ -102,7 +104,58 @@ class ModelNotReadyError(ServiceError):
 
 
 class OverloadedError(ServiceError):
-    """The service is saturated; the client should retry after a short delay."""
+    """The service is saturated; the client should retry after ``retry_after_s`` seconds."""
 
     status_code = 503
     code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+        self.headers["Retry-After"] = str(self.retry_after_s)
+
+
+class ShuttingDownError(ServiceError):
+    """The service is draining for shutdown and takes no new work."""
+
+    status_code = 503
+    code = "shutting_down"
+
+
+class RequestTimeoutError(ServiceError):
+    """The request took longer than the configured request timeout."""
+
+    status_code = 504
+    code = "timeout"
+
+
+class TooManyFramesError(ServiceError):
+    """Precomputed features span more frames than the configured maximum duration allows."""
+
+    status_code = 413
+    code = "too_many_frames"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """The request body's Content-Type is not one this route accepts."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnauthorizedError(ServiceError):
+    """A protected route was called without the configured API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = "Bearer"
+
+
+class NotFoundError(ServiceError):
+    """No such route or model."""
+
+    status_code = 404
+    code = "not_found"

@@ -186,7 +186,7 @@ class Predictor:
             InvalidFeaturesError: If the array is not ``(T, F)`` with T >= 1, not real-valued, or holds
                 NaN/inf (or values beyond float32's range).
         """
-        x = self._validate(features)
+        x = self.validate(features)
         y: FloatArray = self._run(x[np.newaxis])[0]
         return y
 
@@ -207,7 +207,7 @@ class Predictor:
         Raises:
             InvalidFeaturesError: If any clip is invalid; the message says which.
         """
-        arrays = [self._validate(clip, index=i) for i, clip in enumerate(clips)]
+        arrays = [self.validate(clip, index=i) for i, clip in enumerate(clips)]
         if not arrays:
             return []
         longest = max(a.shape[0] for a in arrays)
@@ -241,7 +241,23 @@ class Predictor:
     def _expected(self) -> str:
         return f"expected raw features of shape (T, {self.num_features}) with T >= 1"
 
-    def _validate(self, features: npt.ArrayLike, index: int | None = None) -> FloatArray:
+    def validate(self, features: npt.ArrayLike, index: int | None = None) -> FloatArray:
+        """Check one clip's raw features and return them as contiguous float32 ``(T, F)``.
+
+        :meth:`predict` and :meth:`predict_batch` call this; a server that batches requests calls it
+        per request first, so that one client's bad array fails that request and not a whole batch.
+
+        Args:
+            features: Raw features, as for :meth:`predict`.
+            index: Position of the clip in a batch, named in the error message.
+
+        Returns:
+            The features as C-contiguous float32 (the input itself if it already is).
+
+        Raises:
+            InvalidFeaturesError: If the array is not ``(T, F)`` with T >= 1, not real-valued, or holds
+                NaN/inf (or values beyond float32's range); the message names the expected shape.
+        """
         where = "" if index is None else f"clip {index}: "
         try:
             arr = np.asarray(features)

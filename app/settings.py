@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the shipped default model lives, relative to the repository / image root.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
@@ -39,6 +41,55 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-operator threads.")
     warmup: bool = Field(default=True, description="Run the model once at start-up before reporting ready.")
+    pool_workers: int = Field(
+        default=0, ge=0, description="Threads decoding audio and extracting features (0: one per core)."
+    )
+    max_batch: int = Field(default=16, ge=1, description="Most clips in one ONNX Runtime call.")
+    max_batch_frames: int = Field(
+        default=4096,
+        ge=1,
+        description="Most padded frames (clips x longest clip) in one ONNX Runtime call; a longer clip "
+        "runs alone.",
+    )
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long a clip waits for others to share its inference batch."
+    )
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        description="Most requests waiting for a worker thread, and most clips waiting for the model; "
+        "beyond that requests get 503 with Retry-After at once.",
+    )
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest a request may take once its body has arrived (504)."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="If set, every route except health, /v2/health/* and /metrics needs "
+        "'Authorization: Bearer <key>'.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated or a JSON list (empty: CORS off).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service's own loggers."
     )
+    log_json: bool = Field(default=False, description="Log one JSON object per line (for log collectors).")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # From the environment this is one string: accept "a,b" as well as '["a", "b"]'.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def pool_size(self) -> int:
+        """Worker threads for decoding and extraction: ``pool_workers``, or one per core."""
+        # The cores this process may run on (a container's CPU set), not the host's count.
+        return self.pool_workers or len(os.sched_getaffinity(0)) or 1

@@ -74,6 +74,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=10, help="sequences per update (paper: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="RMSProp learning rate")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (paper: 5)")
+    p.add_argument(
+        "--batching",
+        default="bucketed",
+        choices=["bucketed", "random"],
+        help="bucketed: sequences of similar length share a batch (less padding); random: a permutation",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument(
@@ -93,6 +99,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
+        batching=args.batching,
         seed=args.seed,
         threads=args.threads,
         model_overrides=_parse_options(args.model_option),

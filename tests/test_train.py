@@ -10,6 +10,7 @@ from model_export.train import (
     Normaliser,
     TrainConfig,
     fit_statistics,
+    make_batches,
     make_sequences,
     predict,
     train,
@@ -128,3 +129,29 @@ def test_early_stopping_and_single_target_models() -> None:
     assert res.model_config.num_outputs == 1
     preds = predict(res.model, make_sequences(vf, vt, res.normaliser, ("valence",)))
     assert preds[0].shape == (vt[0].shape[0], 1)
+
+
+@pytest.mark.parametrize("batching", ["bucketed", "random"])
+def test_batches_cover_every_sequence_once_and_change_each_epoch(batching: str) -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(v) for v in np.random.default_rng(1).integers(35, 800, size=183)]
+    first = make_batches(lengths, 10, rng, batching)
+    second = make_batches(lengths, 10, rng, batching)
+    for batches in (first, second):
+        assert sorted(i for b in batches for i in b) == list(range(183))
+        assert sorted(len(b) for b in batches) == [3] + [10] * 18
+    assert first != second
+
+
+def test_bucketed_batches_pad_far_less_than_random_ones() -> None:
+    lengths = [int(v) for v in np.random.default_rng(1).integers(35, 800, size=200)]
+
+    def padded(batching: str) -> float:
+        rng = np.random.default_rng(0)
+        batches = make_batches(lengths, 10, rng, batching)
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches) / sum(lengths)
+
+    assert padded("bucketed") < 1.15
+    assert padded("random") > 1.5
+    with pytest.raises(ValueError, match="batching"):
+        make_batches(lengths, 10, np.random.default_rng(0), "sorted")
