@@ -234,12 +234,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a checkpoint to ONNX with its contract in the metadata, verified against PyTorch."""
-    from model_export.export import export_checkpoint
+    """Export a checkpoint to ONNX with its contract and model card in the metadata, verified."""
+    from model_export.card import CARD_KEY, build_card, load_report, render_markdown
+    from model_export.export import export_checkpoint, load_checkpoint
 
+    model, contract, meta = load_checkpoint(args.checkpoint)
     extra: dict[str, str] = {}
+    report = load_report(args.cv_report) if args.cv_report is not None else None
+    card = build_card(
+        model_name=args.name,
+        model_version=args.version,
+        contract=contract,
+        checkpoint_meta=meta,
+        model_config=model.config.to_dict(),
+        cv_report=report,
+        cv_source=None if args.cv_report is None else _display_path(args.cv_report),
+        weights_dtype="float16" if args.fp16 else "float32",
+    )
+    extra[CARD_KEY] = json.dumps(card, sort_keys=True)
     if args.metrics is not None:
         extra["mer.metrics"] = json.dumps(json.loads(args.metrics.read_text()), sort_keys=True)
+    elif card["cross_validation"] and card["cross_validation"]["this_preset"]:
+        rows = {r["model"]: r for r in card["cross_validation"]["rows"]}
+        preset = card["architecture"]["preset"]
+        extra["mer.metrics"] = json.dumps(
+            {"cv": rows[preset]["metrics"], "cv_folds": rows[preset]["folds"]}, sort_keys=True
+        )
     t0 = time.perf_counter()
     path = export_checkpoint(
         args.checkpoint,
@@ -250,7 +270,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, verified, {time.perf_counter() - t0:.0f}s)")
+    if args.card is not None:
+        args.card.parent.mkdir(parents=True, exist_ok=True)
+        args.card.write_text(render_markdown(card))
+        print(f"wrote {args.card}")
     return 0
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (cards should not name build machines)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", type=Path, default=None, help="JSON file stored as mer.metrics (e.g. CV results)"
     )
     p.add_argument("--fp16", action="store_true", help="store large weights as float16 (half the file size)")
+    p.add_argument(
+        "--cv-report",
+        type=Path,
+        default=None,
+        help="report.json of the CV that chose the setup (for the card)",
+    )
+    p.add_argument("--card", type=Path, default=None, help="also write the Markdown model card here")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"

@@ -1,0 +1,217 @@
+"""Inference speed: ONNX Runtime vs PyTorch eager, and achieved GFLOP/s vs a numpy matmul.
+
+For every thread count (default 1 and 2) a fresh worker process is started with the BLAS/OpenMP thread
+variables set before numpy, torch and onnxruntime are imported (numpy's BLAS reads them only at
+import). Each worker builds the preset (default ``LSTM_AT_400``) with seeded random weights (speed does
+not depend on the weights), exports it exactly as ``python -m model_export export`` does, and times in
+the same process, for each batch size (default 1 and 16) of 61-frame clips (a 30.5 s excerpt):
+
+* ONNX Runtime, CPU provider, all graph optimisations, ``intra_op_num_threads`` = threads;
+* PyTorch eager, ``torch.inference_mode()``, ``torch.set_num_threads(threads)``, the same module that
+  was exported (normaliser + model);
+* numpy ``float32`` matmul of the shape that dominates the model, ``(B*61, 6373) @ (6373, 4H)`` (the
+  input projection of the first LSTM layer), as the machine's practical dense-algebra ceiling;
+* the shipped ``models/default.onnx`` in ONNX Runtime too, when it exists.
+
+The model's FLOPs are counted analytically (:func:`model_flops`: LSTM gates, attention, output layer;
+elementwise work ignored), so "achieved GFLOP/s" is that count divided by ONNX Runtime's time. Every
+time is the median of ``--repeats`` runs after ``--warmup`` runs. Run: ``python bench/infer.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model_export.model import ModelConfig
+
+REPO = Path(__file__).resolve().parent.parent
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def model_flops(config: ModelConfig, frames: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one clip of ``frames`` frames through ``config``'s model."""
+    flops = 0.0
+    width = config.num_features
+    for hidden in config.hidden_sizes:
+        flops += 2.0 * 4 * hidden * (width + hidden) * frames  # input and recurrent gate matmuls
+        width = hidden
+    top = config.hidden_sizes[-1]
+    out_in = top
+    if config.kind == "AT":
+        a, w = config.attention_size, config.attention_window
+        flops += 2.0 * 2 * top * a * frames  # query of h_{t-1} and key of every h_j
+        flops += 2.0 * w * a * frames  # v^T sigmoid(.) over the window
+        flops += 2.0 * w * top * frames  # context: weighted sum of the window's states
+        out_in = 2 * top
+    outputs = config.num_outputs
+    flops += 2.0 * outputs * (out_in + (outputs if config.output_feedback else 0)) * frames
+    return flops
+
+
+def _median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every batch size at ``args.threads`` threads; return the rows as a dict."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from app.contract import FeatureConfig, ModelContract
+    from model_export.export import ExportModule, export_checkpoint, sample_raw_features
+    from model_export.model import NUM_COMPARE_FEATURES
+    from model_export.train import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    f = NUM_COMPARE_FEATURES
+    contract = ModelContract(
+        features=FeatureConfig(sample_rate=16_000),
+        num_features=f,
+        feature_names_sha256="0" * 64,
+        opensmile_version="2.6.0",
+        norm_mean=(rng.standard_normal(f) * 3).astype(np.float32),
+        norm_std=(rng.random(f) * 2 + 0.1).astype(np.float32),
+    )
+    cfg = TrainConfig(preset=args.preset)
+    model_cfg = cfg.model_config(f)
+    from model_export.model import build_model
+
+    model = build_model(model_cfg, seed=0).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, onnx_path = Path(tmp) / "m.pt", Path(tmp) / "m.onnx"
+        torch.save(
+            {
+                "model_config": model_cfg.to_dict(),
+                "train_config": cfg.to_dict(),
+                "state_dict": model.state_dict(),
+                "contract": contract.to_metadata(),
+                "dataset": "random-weights",
+                "history": [],
+                "best_epoch": 0,
+                "clips": 0,
+            },
+            ckpt,
+        )
+        export_checkpoint(ckpt, onnx_path, model_name=args.preset, model_version="bench")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    shipped = None
+    if args.shipped.is_file():
+        shipped = ort.InferenceSession(str(args.shipped), options, providers=["CPUExecutionProvider"])
+    module = ExportModule(model, contract).eval()
+    hidden4 = 4 * model_cfg.hidden_sizes[0]
+    rows = []
+    for batch in args.batches:
+        x = sample_raw_features(contract, batch, args.frames, rng)
+        xt = torch.from_numpy(x)
+
+        def run_ort(sess: Any = session, inp: Any = x) -> object:
+            return sess.run(["emotion"], {"features": inp})
+
+        def run_torch(inp: Any = xt) -> object:
+            with torch.inference_mode():
+                return module(inp)
+
+        a = rng.standard_normal((batch * args.frames, f)).astype(np.float32)
+        w = rng.standard_normal((f, hidden4)).astype(np.float32)
+        out = np.empty((a.shape[0], hidden4), dtype=np.float32)
+
+        def run_matmul(a: Any = a, w: Any = w, out: Any = out) -> object:
+            return np.matmul(a, w, out=out)
+
+        t_ort = _median_seconds(run_ort, args.warmup, args.repeats)
+        t_torch = _median_seconds(run_torch, args.warmup, args.repeats)
+        t_mm = _median_seconds(run_matmul, args.warmup, args.repeats)
+        t_shipped = _median_seconds(lambda: run_ort(shipped), args.warmup, args.repeats) if shipped else None
+        flops = model_flops(model_cfg, args.frames) * batch
+        mm_flops = 2.0 * a.shape[0] * f * hidden4
+        rows.append(
+            {
+                "threads": args.threads,
+                "batch": batch,
+                "ort_ms_per_clip": 1e3 * t_ort / batch,
+                "torch_ms_per_clip": 1e3 * t_torch / batch,
+                "ort_vs_torch": t_torch / t_ort,
+                "ort_gflops": flops / t_ort / 1e9,
+                "matmul_gflops": mm_flops / t_mm / 1e9,
+                "ort_vs_matmul": (flops / t_ort) / (mm_flops / t_mm),
+                "shipped_ms_per_clip": None if t_shipped is None else 1e3 * t_shipped / batch,
+                "model_gflop_per_clip": model_flops(model_cfg, args.frames) / 1e9,
+            }
+        )
+    return {"rows": rows, "load": os.getloadavg()[0]}
+
+
+def main() -> int:
+    """Run one worker per thread count and print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--preset", default="LSTM_AT_400")
+    p.add_argument("--frames", type=int, default=61, help="frames per clip (61 = a 30.5 s excerpt)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--shipped", type=Path, default=REPO / "models" / "default.onnx")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        (args.threads,) = args.threads
+        print(json.dumps(worker(args)))
+        return 0
+    rows: list[dict[str, Any]] = []
+    loads = []
+    for n in args.threads:
+        env = dict(os.environ, **{v: str(n) for v in _THREAD_VARS})
+        cmd = [sys.executable, __file__, "--worker", "--threads", str(n), "--preset", args.preset]
+        cmd += ["--frames", str(args.frames), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+        cmd += ["--shipped", str(args.shipped), "--batches", *map(str, args.batches)]
+        result = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        out = json.loads(result.stdout.strip().splitlines()[-1])
+        rows += out["rows"]
+        loads.append(out["load"])
+    gflop = rows[0]["model_gflop_per_clip"]
+    print(f"{args.preset}, {args.frames}-frame clips ({gflop:.3f} GFLOP each), median of {args.repeats}")
+    print(f"load average during the workers: {', '.join(f'{v:.2f}' for v in loads)}")
+    header = "| threads | batch | ORT ms/clip | eager ms/clip | ORT / eager | ORT GFLOP/s | matmul GFLOP/s "
+    header += "| ORT / matmul | shipped ORT ms/clip |"
+    print(header)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        shipped = "–" if r["shipped_ms_per_clip"] is None else f"{r['shipped_ms_per_clip']:.2f}"
+        print(
+            f"| {r['threads']} | {r['batch']} | {r['ort_ms_per_clip']:.2f} | {r['torch_ms_per_clip']:.2f} "
+            f"| {r['ort_vs_torch']:.2f}× | {r['ort_gflops']:.1f} | {r['matmul_gflops']:.1f} "
+            f"| {100 * r['ort_vs_matmul']:.0f} % | {shipped} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "loads": loads}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

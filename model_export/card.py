@@ -1,0 +1,244 @@
+"""Model cards: the facts about a shipped model, as JSON in its metadata and as Markdown beside it.
+
+:func:`build_card` gathers the facts from what the export already knows (the checkpoint's model and
+training configuration, its contract, the training history) and from the cross-validation report that
+chose the setup; :func:`render_markdown` writes the human-readable card from the *same* dict, so the
+Markdown file and the ``mer.card`` metadata entry cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.contract import ModelContract
+
+#: Metadata key of the card (JSON) inside the ONNX file.
+CARD_KEY = "mer.card"
+
+#: What each known training dataset is, for the card.
+DATASET_FACTS: dict[str, dict[str, str]] = {
+    "vgmidi": {
+        "name": "VGMIDI (Ferreira & Whitehead 2019)",
+        "content": (
+            "200 piano arrangements of video-game music (MIDI), each rated by 28-32 listeners per "
+            "measure for valence and arousal in [-1, 1]; the mean over listeners is the target"
+        ),
+        "audio": (
+            "rendered with fluidsynth and the FluidR3 General MIDI soundfont (Debian fluid-soundfont-gm), "
+            "loudness-normalised to -14 LUFS with peaks at or under -1 dBFS"
+        ),
+        "timing": (
+            "measure times from each annotation tool's equal slices of the piece's duration, resampled "
+            "onto the 500 ms grid (see README, dataset alignment)"
+        ),
+        "licence": "research data; the model derived from it is for research use",
+    },
+    "synthetic": {
+        "name": "synthetic music-like clips (model_export.datasets.synthetic)",
+        "content": "generated notes and chords whose arousal/valence are known functions of the controls",
+        "audio": "synthesised by the generator",
+        "timing": "exact",
+        "licence": "generated; no restrictions",
+    },
+}
+
+KNOWN_LIMITS = (
+    "Trained on solo-piano renditions of video-game music: expect lower accuracy on other genres, "
+    "on vocals, and on dense studio productions.",
+    "Valence is far harder than arousal (as for every model on this data and in the paper); treat "
+    "per-frame valence as a weak signal and prefer clip-level means.",
+    "Targets are means over ~30 listeners per measure; between-piece differences dominate the labels, "
+    "so within-piece movement is learnt less well than the overall level of a piece.",
+    "The input level is normalised per clip (gated RMS to the contract's target), so absolute "
+    "loudness carries no information; dynamics within a clip do.",
+    "The model is causal: frame t depends on frames up to t only, so the first seconds of a clip "
+    "are predicted with little context.",
+)
+
+LICENCES = (
+    "openSMILE, which computes the input features, is licensed for research and education only; "
+    "commercial use of the features, and of this model that depends on them, needs a licence from "
+    "audEERING.",
+    "VGMIDI is research data; this model is derived from it and shipped for research use.",
+    "The service code is MIT-licensed (LICENSE).",
+)
+
+
+def build_card(
+    *,
+    model_name: str,
+    model_version: str,
+    contract: ModelContract,
+    checkpoint_meta: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+    cv_report: Mapping[str, Any] | None = None,
+    cv_source: str | None = None,
+    weights_dtype: str = "float32",
+    rebuild: str = "make model",
+) -> dict[str, Any]:
+    """Collect a model's card facts.
+
+    Args:
+        model_name: Name stored in the model.
+        model_version: Version stored in the model.
+        contract: The model's contract.
+        checkpoint_meta: The training checkpoint (dataset, train_config, history, best_epoch, clips).
+        model_config: The model's architecture (``ModelConfig.to_dict()``).
+        cv_report: ``report.json`` of the cross-validation that chose the setup, if any.
+        cv_source: Where that report lives (shown in the card).
+        weights_dtype: How the weights are stored in the file.
+        rebuild: Command that rebuilds the model from the shared data.
+
+    Returns:
+        A JSON-serialisable dict (stored as ``mer.card``, rendered by :func:`render_markdown`).
+    """
+    dataset = str(checkpoint_meta.get("dataset", ""))
+    train_cfg = dict(checkpoint_meta.get("train_config") or {})
+    best_epoch = checkpoint_meta.get("best_epoch")
+    history = list(checkpoint_meta.get("history") or [])
+    best_val = next((h.get("val_mse") for h in history if h.get("epoch") == best_epoch), None)
+    preset = str(train_cfg.get("preset", ""))
+    cv = None
+    if cv_report is not None:
+        rows = {str(r["model"]): r for r in cv_report.get("rows", [])}
+        cv = {
+            "source": cv_source,
+            "title": cv_report.get("title"),
+            "notes": cv_report.get("notes"),
+            "rows": [
+                {
+                    "model": name,
+                    "folds": row["folds"],
+                    "clips": row["clips"],
+                    "frames": row["frames"],
+                    "metrics": row["metrics"],
+                }
+                for name, row in rows.items()
+            ],
+            "this_preset": rows[preset]["metrics"] if preset in rows else None,
+        }
+    features = contract.features
+    return {
+        "model_name": model_name,
+        "model_version": model_version,
+        "task": "per-frame arousal and valence of music, one value per 500 ms frame, in [-1, 1]",
+        "outputs": list(contract.outputs),
+        "output_range": list(contract.output_range),
+        "architecture": {"preset": preset, **dict(model_config)},
+        "features": {
+            "set": f"openSMILE {features.feature_set} {features.feature_level} ({contract.num_features})",
+            "analysis_rate_hz": features.sample_rate,
+            "window_s": features.window_s,
+            "hop_s": features.hop_s,
+            "frame_policy": features.frame_policy,
+            "level_policy": features.level_policy,
+            "target_level_dbfs": features.target_level_dbfs,
+            "transform": contract.feature_transform,
+            "clip_z": contract.clip_z,
+            "opensmile_version": contract.opensmile_version,
+        },
+        "training_data": {"dataset": dataset, **DATASET_FACTS.get(dataset, {})},
+        "training": {
+            "clips": checkpoint_meta.get("clips"),
+            "config": train_cfg,
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            "best_val_mse": best_val,
+        },
+        "cross_validation": cv,
+        "weights_dtype": weights_dtype,
+        "known_limits": list(KNOWN_LIMITS),
+        "licences": list(LICENCES),
+        "rebuild": rebuild,
+    }
+
+
+def _metric_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| Model | R² A | R² V | τ A | τ V | MAE A | MAE V | folds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["metrics"]
+
+        def cell(dim: str, key: str, m: Mapping[str, Any] = m) -> str:
+            return f"{m[dim][key]:.3f}" if dim in m else "–"
+
+        lines.append(
+            f"| {row['model']} | {cell('arousal', 'r2')} | {cell('valence', 'r2')} | "
+            f"{cell('arousal', 'tau')} | {cell('valence', 'tau')} | {cell('arousal', 'mae')} | "
+            f"{cell('valence', 'mae')} | {row['folds']} |"
+        )
+    return lines
+
+
+def render_markdown(card: Mapping[str, Any]) -> str:
+    """The Markdown model card for ``card`` (from :func:`build_card`)."""
+    feats, data, training = card["features"], card["training_data"], card["training"]
+    arch = card["architecture"]
+    cfg = training["config"]
+    lines = [
+        f"# Model card: {card['model_name']} {card['model_version']}",
+        "",
+        f"**Task.** {card['task']}; outputs {', '.join(card['outputs'])}. "
+        "Generated from the model's own metadata (`mer.card`) by `python -m model_export export`; "
+        f"rebuild with `{card['rebuild']}`.",
+        "",
+        "## Model",
+        "",
+        f"- Preset `{arch.get('preset')}`: {arch.get('kind')} with LSTM layers {arch.get('hidden_sizes')}, "
+        f"attention window {arch.get('attention_window')} frames, output feedback "
+        f"{arch.get('output_feedback')} (Chaki et al. 2020).",
+        f"- Weights stored as {card['weights_dtype']}; the feature standardisation is inside the graph.",
+        "",
+        "## Input features",
+        "",
+        f"- {feats['set']}, openSMILE {feats['opensmile_version']}, audio resampled to "
+        f"{feats['analysis_rate_hz']} Hz, {feats['window_s']} s windows every {feats['hop_s']} s "
+        f"(`{feats['frame_policy']}`).",
+        f"- Input level: `{feats['level_policy']}` to {feats['target_level_dbfs']} dBFS per clip; "
+        f"features compressed with `{feats['transform']}`, standardised with the training statistics and "
+        f"clipped to ±{feats['clip_z']}.",
+        "",
+        "## Training data",
+        "",
+        f"- {data.get('name', data['dataset'])}: {data.get('content', '')}.",
+        f"- Audio: {data.get('audio', '')}.",
+        f"- Timing: {data.get('timing', '')}.",
+        f"- {training['clips']} clips; RMSProp lr {cfg.get('lr')}, {cfg.get('batch_size')} sequences per "
+        f"update ({cfg.get('batching')} batches), at most {cfg.get('epochs')} epochs, early stopping "
+        f"(patience {cfg.get('patience')}, min delta {cfg.get('min_delta')}) on a held-out "
+        f"{cfg.get('val_fraction')} of the pieces; best epoch {training['best_epoch']} of "
+        f"{training['epochs_run']}, validation MSE {training['best_val_mse']:.4f}.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    cv = card.get("cross_validation")
+    if cv:
+        lines += [
+            f"Cross-validation that chose this setup ({cv.get('title')}; `{cv.get('source')}`). Metrics on "
+            "the pooled out-of-fold predictions: R², mean per-piece Kendall τ-b, MAE.",
+            "",
+            *_metric_rows(cv["rows"]),
+            "",
+            str(cv.get("notes") or ""),
+        ]
+    else:
+        lines.append("No cross-validation report was given to the export.")
+    lines += ["", "## Known limits", ""]
+    lines += [f"- {item}" for item in card["known_limits"]]
+    lines += ["", "## Licences", ""]
+    lines += [f"- {item}" for item in card["licences"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read a ``report.json`` written by ``model_export.evaluate.write_report``."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "rows" not in data:
+        raise ValueError(f"{path} is not a cross-validation report (no 'rows')")
+    return data

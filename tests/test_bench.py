@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.infer import model_flops
+from model_export.model import PRESETS, build_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("preset", ["LSTM_AT_200", "LSTM_NAT_200", "LSTM_AT_300_128"])
+def test_model_flops_agree_with_torchs_counter(preset: str, one_torch_thread: None) -> None:
+    cfg = dataclasses.replace(PRESETS[preset], num_features=300, num_outputs=2)
+    model = build_model(cfg, seed=0).eval()
+    frames, batch = 20, 2
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(batch, frames, cfg.num_features))
+    # torch's counter sees matmuls only: not the fused LSTM kernels, not the attention's weighted sum.
+    lstm, width = 0.0, cfg.num_features
+    for hidden in cfg.hidden_sizes:
+        lstm += 2.0 * 4 * hidden * (width + hidden) * frames
+        width = hidden
+    context = 2.0 * cfg.attention_window * cfg.hidden_sizes[-1] * frames if cfg.kind == "AT" else 0.0
+    expected = model_flops(cfg, frames) - lstm - context
+    assert counter.get_total_flops() == pytest.approx(batch * expected)
+
+
+def test_infer_benchmark_runs_and_reports_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(REPO / "bench" / "infer.py"), "--preset", "LSTM_NAT_200", "--frames", "3"]
+    cmd += ["--batches", "2", "--threads", "1", "--repeats", "1", "--warmup", "0", "--json", str(out)]
+    cmd += ["--shipped", str(tmp_path / "absent.onnx")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "ORT / eager" in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 2
+    assert row["threads"] == 1
+    for key in ("ort_ms_per_clip", "torch_ms_per_clip", "ort_gflops", "matmul_gflops", "ort_vs_torch"):
+        assert row[key] > 0
+    assert row["shipped_ms_per_clip"] is None

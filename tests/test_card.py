@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from model_export.__main__ import main
+from model_export.card import CARD_KEY, build_card, load_report, render_markdown
+from model_export.export import load_checkpoint
+from tests.test_export import write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _report(path: Path) -> Path:
+    def dims(r2a: float, r2v: float) -> dict[str, dict[str, float]]:
+        return {
+            "arousal": {"r2": r2a, "tau": 0.21, "mae": 0.18},
+            "valence": {"r2": r2v, "tau": 0.12, "mae": 0.25},
+        }
+
+    doc: dict[str, Any] = {
+        "title": "vgmidi at 16000 Hz",
+        "notes": "10-fold CV grouped by piece.",
+        "rows": [
+            {
+                "model": "LSTM_AT_400",
+                "folds": "3/10",
+                "clips": 60,
+                "frames": 900,
+                "metrics": dims(0.512, 0.031),
+            },
+            {
+                "model": "LSTM_NAT_400",
+                "folds": "3/10",
+                "clips": 60,
+                "frames": 900,
+                "metrics": dims(0.47, 0.02),
+            },
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_card_collects_contract_training_and_cv_facts(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "m.pt")
+    model, contract, meta = load_checkpoint(tmp_path / "m.pt")
+    card = build_card(
+        model_name="mer",
+        model_version="1.0.0",
+        contract=contract,
+        checkpoint_meta=meta,
+        model_config=model.config.to_dict(),
+        cv_report=load_report(_report(tmp_path / "report.json")),
+        cv_source="docs/results/report.json",
+    )
+    assert card["features"]["level_policy"] == contract.features.level_policy
+    assert card["features"]["analysis_rate_hz"] == 16_000
+    assert card["training"]["best_epoch"] == 2
+    assert card["training"]["best_val_mse"] == pytest.approx(0.12)
+    assert card["cross_validation"]["this_preset"]["arousal"]["r2"] == pytest.approx(0.512)
+    md = render_markdown(card)
+    assert "| LSTM_AT_400 | 0.512 | 0.031 |" in md
+    assert "research" in md
+    assert "openSMILE" in md
+    assert "3/10" in md
+    json.dumps(card)  # serialisable as the metadata entry
+
+
+def test_load_report_refuses_other_json(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"title": "no rows"}')
+    with pytest.raises(ValueError, match="rows"):
+        load_report(tmp_path / "x.json")
+
+
+def test_export_cli_writes_the_card_into_the_model_and_beside_it(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "m.pt")
+    report = _report(tmp_path / "report.json")
+    out, card_md = tmp_path / "model.onnx", tmp_path / "model.md"
+    argv = ["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out), "--name", "mer"]
+    argv += ["--version", "2.0.0", "--cv-report", str(report), "--card", str(card_md), "--fp16"]
+    assert main(argv) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    card = json.loads(meta[CARD_KEY])
+    assert card["model_version"] == "2.0.0"
+    assert card["weights_dtype"] == "float16"
+    # The Markdown is rendered from exactly the dict stored in the model.
+    assert card_md.read_text() == render_markdown(card)
+    metrics = json.loads(meta["mer.metrics"])
+    assert metrics["cv_folds"] == "3/10"
+    assert metrics["cv"]["valence"]["r2"] == pytest.approx(0.031)
