@@ -1,13 +1,24 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make run    create .venv, install the serving extra, start the service on the default model
 #   make test   create .venv, install serve + dev + train extras, run ruff, mypy and pytest
+# Rebuilding the shipped model from ../shared data (hours of CPU; resumable):
+#   make cv     cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds)
+#   make model  train the default preset on all of VGMIDI, export models/default.onnx and its card
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
+VGMIDI ?= ../shared/data/vgmidi
+RATE ?= 16000
+MODEL_PRESET ?= LSTM_AT_400
+MODEL_NAME ?= vgmidi-lstm-at-400
+MODEL_VERSION ?= 1.0.0
+CV_OUT ?= docs/results/vgmidi_16k
+CV_FOLDS_TO_RUN ?= 10
+CHECKPOINT ?= cache/checkpoints/default.pt
 
-.PHONY: run test lint typecheck pytest bench-extract clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer cv model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +49,22 @@ test: lint typecheck pytest
 
 bench-extract: $(VENV)/.dev
 	$(BIN)/python bench/extract.py
+
+bench-infer: $(VENV)/.dev
+	$(BIN)/python bench/infer.py
+
+cv: $(VENV)/.dev
+	$(BIN)/python -m model_export setup
+	$(BIN)/python -m model_export cv --dataset vgmidi --root $(VGMIDI) --rate $(RATE) \
+		--presets LSTM_AT_400 LSTM_NAT_400 --folds 10 --folds-to-run $(CV_FOLDS_TO_RUN) --out $(CV_OUT)
+
+model: $(VENV)/.dev
+	$(BIN)/python -m model_export setup
+	$(BIN)/python -m model_export train --dataset vgmidi --root $(VGMIDI) --rate $(RATE) \
+		--preset $(MODEL_PRESET) --out $(CHECKPOINT)
+	$(BIN)/python -m model_export export --checkpoint $(CHECKPOINT) --out models/default.onnx --fp16 \
+		--name $(MODEL_NAME) --version $(MODEL_VERSION) --cv-report $(CV_OUT)/report.json \
+		--card models/default.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

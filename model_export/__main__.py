@@ -277,6 +277,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_real_music(args: argparse.Namespace) -> int:
+    """Run a model over real recordings from Debian packages and write the sanity report's data."""
+    from model_export.real_music import run
+
+    summary = run(args.model, args.out, args.cache / "real_music")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _display_path(path: Path) -> str:
     """``path`` relative to the repository when inside it (cards should not name build machines)."""
     try:
@@ -336,12 +345,23 @@ def main(argv: list[str] | None = None) -> int:
         help="report.json of the CV that chose the setup (for the card)",
     )
     p.add_argument("--card", type=Path, default=None, help="also write the Markdown model card here")
+    p = sub.add_parser(
+        "real-music", help="run a model over real recordings from Debian packages (report data)"
+    )
+    p.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx", help="ONNX model")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "real-music", help="folder for tables and figures"
+    )
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="cache folder (packages go to real_music/)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s"
     )
     commands = {
         "setup": cmd_setup,
+        "real-music": cmd_real_music,
         "datasets": cmd_datasets,
         "extract": cmd_extract,
         "cv": cmd_cv,
