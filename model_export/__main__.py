@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.contract import FeatureConfig, ModelContract
+from app.contract import LEVEL_POLICIES, FeatureConfig, ModelContract
 from app.features import FeatureExtractor, opensmile_version
 from model_export.cache import FeatureCache
 from model_export.datasets.base import TARGETS, Clip
@@ -59,6 +59,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--cache", type=Path, default=DEFAULT_CACHE, help="cache folder for features (and renders)"
     )
     p.add_argument("--workers", type=int, default=None, help="parallel extraction threads (default: cores)")
+    p.add_argument(
+        "--level-policy",
+        default="gated-rms",
+        choices=list(LEVEL_POLICIES),
+        help="input level normalisation of the feature path (default gated-rms; see README)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -120,7 +126,7 @@ def load_data(args: argparse.Namespace) -> tuple[list[Clip], dict[str, np.ndarra
         sum(c.num_frames for c in clips),
         time.perf_counter() - t0,
     )
-    extractor = FeatureExtractor(FeatureConfig(sample_rate=args.rate))
+    extractor = FeatureExtractor(FeatureConfig(sample_rate=args.rate, level_policy=args.level_policy))
     cache = FeatureCache(args.cache / "features", extractor)
     t0 = time.perf_counter()
     feats = cache.load_all(clips, workers=args.workers)
@@ -198,6 +204,38 @@ def cmd_cv(args: argparse.Namespace) -> int:
     if at and nat:
         plot_figures(at[0], nat[0], args.out)
     print(json.dumps([{"model": r["model"], **r["metrics"]} for r in doc["rows"]], indent=1))
+    return 0
+
+
+def cmd_ridge(args: argparse.Namespace) -> int:
+    """Ridge baseline: CV report, and how much its predictions move with the input level."""
+    from app.audio import decode
+    from model_export.baseline import ridge_cv
+
+    clips, feats, extractor = load_data(args)
+    result, model = ridge_cv(clips, feats, k=args.folds, lam=args.lam)
+    notes = (
+        f"Dataset `{args.dataset}` ({len(feats)} clips), analysis rate {args.rate} Hz, level policy "
+        f"`{args.level_policy}`, {args.folds}-fold CV grouped by piece (same folds as `cv`); per-frame ridge "
+        f"on signed-log1p features standardised per training fold. "
+        f"Command: `python -m model_export {' '.join(sys.argv[1:])}`"
+    )
+    doc = write_report([result], args.out, f"{args.dataset} ridge baseline at {args.rate} Hz", notes)
+    # Level sensitivity: the first clip's audio at three RMS levels through the same feature path.
+    clip = next(c for c in clips if c.clip_id in feats)
+    audio = decode(clip.audio_path, extractor.config.sample_rate)
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    preds = {}
+    for dbfs in (-30.0, -20.0, -10.0):
+        scaled = (audio * (10 ** (dbfs / 20) / rms)).astype(np.float32)
+        preds[dbfs] = model.predict(extractor.extract(scaled).values)
+    shift = {
+        f"{a:g} vs {b:g} dBFS": np.mean(np.abs(preds[a] - preds[b]), axis=0).round(4).tolist()
+        for a, b in ((-30.0, -20.0), (-20.0, -10.0), (-30.0, -10.0))
+    }
+    doc["level_sensitivity"] = {"clip": clip.clip_id, "mean_abs_change_arousal_valence": shift}
+    (args.out / "report.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    print(json.dumps({"metrics": doc["rows"][0]["metrics"], "level_sensitivity": shift}, indent=1))
     return 0
 
 
@@ -324,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="retrain every fold instead of reusing folds finished earlier (stored under CACHE/cv)",
     )
+    p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
+    _data_args(p)
+    p.add_argument("--folds", type=int, default=10, help="number of folds (same assignment as cv)")
+    p.add_argument("--lam", type=float, default=1e3, help="ridge penalty on standardised features")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
     p = sub.add_parser("train", help="train one model on all clips (10%% held out for early stopping)")
     _data_args(p)
     _train_args(p)
@@ -362,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "setup": cmd_setup,
         "real-music": cmd_real_music,
+        "ridge": cmd_ridge,
         "datasets": cmd_datasets,
         "extract": cmd_extract,
         "cv": cmd_cv,

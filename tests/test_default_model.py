@@ -1,0 +1,71 @@
+"""The shipped default model: loadable, self-describing, and robust to the input level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from app.features import FeatureExtractor
+from app.predictor import Predictor
+from app.settings import DEFAULT_MODEL_PATH
+from model_export.card import CARD_KEY, render_markdown
+from tests.conftest import synth_music
+
+CARD_PATH = DEFAULT_MODEL_PATH.with_suffix(".md")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[Predictor, FeatureExtractor]:
+    predictor = Predictor.load(DEFAULT_MODEL_PATH, providers="cpu", intra_op_threads=1)
+    extractor = FeatureExtractor(predictor.contract.features)
+    extractor.check_contract(predictor.contract)
+    return predictor, extractor
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def test_default_model_is_small_and_carries_its_card() -> None:
+    assert DEFAULT_MODEL_PATH.stat().st_size < 50e6
+    meta = _metadata(DEFAULT_MODEL_PATH)
+    card = json.loads(meta[CARD_KEY])
+    # The Markdown card beside the model is rendered from exactly the facts inside it.
+    assert CARD_PATH.read_text() == render_markdown(card)
+    assert card["training_data"]["dataset"] == "vgmidi"
+    assert card["cross_validation"]["this_preset"] is not None
+    assert "research" in " ".join(card["licences"])
+
+
+def _at_rms(x: np.ndarray, dbfs: float) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return (x * (10 ** (dbfs / 20) / rms)).astype(np.float32)
+
+
+def test_predictions_do_not_depend_on_the_input_level(shipped: tuple[Predictor, FeatureExtractor]) -> None:
+    predictor, extractor = shipped
+    rate = extractor.config.sample_rate
+    piece = synth_music(30.0, rate, seed=3)
+    preds = {db: predictor.predict(extractor.extract(_at_rms(piece, db)).values) for db in (-30, -20, -10)}
+    for a in preds:
+        for b in preds:
+            mean_abs = np.mean(np.abs(preds[a] - preds[b]), axis=0)  # per dimension
+            assert np.all(mean_abs <= 0.1), (a, b, mean_abs)
+
+
+@pytest.mark.parametrize("level", [0.0, 1e-5, 1e-3])
+def test_silence_and_near_silence_give_finite_outputs(
+    shipped: tuple[Predictor, FeatureExtractor], level: float
+) -> None:
+    predictor, extractor = shipped
+    rate = extractor.config.sample_rate
+    x = (level * np.random.default_rng(0).standard_normal(10 * rate)).astype(np.float32)
+    y = predictor.predict(extractor.extract(x).values)
+    assert y.shape == (20, 2)
+    assert np.all(np.isfinite(y))
+    assert np.all(np.abs(y) <= 1.0)
