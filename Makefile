@@ -18,7 +18,7 @@ CV_OUT ?= docs/results/vgmidi_16k
 CV_FOLDS_TO_RUN ?= 10
 CHECKPOINT ?= cache/checkpoints/default.pt
 
-.PHONY: run test lint typecheck pytest bench-extract bench-infer cv model clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve cv model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ test: lint typecheck pytest
 
 bench-extract: $(VENV)/.dev
 	$(BIN)/python bench/extract.py
+
+bench-serve: $(VENV)/.dev
+	$(BIN)/python bench/serve.py
 
 bench-infer: $(VENV)/.dev
 	$(BIN)/python bench/infer.py

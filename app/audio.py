@@ -9,6 +9,7 @@ lying header is exceeded. Every failure is a typed :class:`~app.errors.ServiceEr
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -112,20 +113,23 @@ def decode(
         >>> x.dtype, x.ndim
         (dtype('float32'), 1)
     """
-    if offset_s < 0 or (duration_s is not None and duration_s <= 0):
-        raise InvalidRequestError("offset_s must be >= 0 and duration_s > 0")
+    if not (math.isfinite(offset_s) and offset_s >= 0) or (
+        duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0)
+    ):
+        raise InvalidRequestError("offset_s must be a finite number >= 0 and duration_s a finite number > 0")
     with _open(source) as f:
         info = _info(f)
         if info.format == "WAV":
             _check_riff_complete(source)
-        start = round(offset_s * info.sample_rate)
+        # Compared in seconds first: offset_s * rate of a huge (finite) offset overflows to inf.
+        start = round(offset_s * info.sample_rate) if offset_s < info.duration_s else info.frames
         if start and start >= info.frames:
             raise InvalidRequestError(
                 f"offset_s {offset_s} is past the end of the audio ({info.duration_s:.2f} s)"
             )
         wanted = info.frames - start
         if duration_s is not None:
-            wanted = min(wanted, round(duration_s * info.sample_rate))
+            wanted = min(wanted, round(min(duration_s, info.duration_s) * info.sample_rate))
         limit = None if max_duration_s is None else round(max_duration_s * info.sample_rate)
         if limit is not None and wanted > limit:
             raise AudioTooLongError(

@@ -8,6 +8,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from fastapi import FastAPI
 
 from app.contract import FeatureConfig
 from app.features import FeatureExtractor
+from app.main import create_app
+from app.settings import Settings
 
 
 def synth_music(duration_s: float, sample_rate: int, seed: int = 0) -> np.ndarray:
@@ -73,6 +78,42 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
+def export_tiny_model(
+    directory: Path, *, real_names: bool = True, name: str = "tiny", version: str = "0.0.1"
+) -> Path:
+    """Export a tiny untrained model (hidden 4, the real 6373-wide input) to ``directory/<name>.onnx``.
+
+    With ``real_names`` its contract names this build's feature-name hash and openSMILE version, so
+    the service accepts it; without, the service refuses it (features it cannot compute).
+    """
+    import torch
+
+    from app.features import FeatureExtractor, opensmile_version
+    from model_export.export import export_checkpoint
+    from tests.test_export import make_contract, write_checkpoint
+
+    contract = make_contract()
+    if real_names:
+        fx = FeatureExtractor(contract.features)
+        contract = replace(
+            contract, feature_names_sha256=fx.feature_names_sha256, opensmile_version=opensmile_version()
+        )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_torch_thread
+    try:
+        ckpt = directory / f"{name}.pt"
+        write_checkpoint(ckpt, contract=contract)
+        return export_checkpoint(ckpt, directory / f"{name}.onnx", model_name=name, model_version=version)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny exported ONNX model the service accepts, built once per test session."""
+    return export_tiny_model(tmp_path_factory.mktemp("served_model"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,8 +121,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_server(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on a loopback port; yield its base URL."""
+def running_uvicorn(app: FastAPI) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """Run ``app`` under a real uvicorn server on a loopback port; yield its URL, server and thread."""
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -92,7 +133,21 @@ def running_server(app: FastAPI) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server, thread
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def running_server(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on a loopback port; yield its base URL."""
+    with running_uvicorn(app) as (url, _, _):
+        yield url
+
+
+@contextmanager
+def serving(model: Path, **overrides: Any) -> Iterator[str]:
+    """Serve ``model`` with the given settings (one ONNX Runtime thread) on loopback; yield the URL."""
+    with running_server(create_app(Settings(model_path=model, intra_op_threads=1, **overrides))) as url:
+        yield url

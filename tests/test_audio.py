@@ -196,3 +196,12 @@ def test_time_range_is_decoded_without_the_rest() -> None:
         decode(data, SR, offset_s=11.0)
     with pytest.raises(InvalidRequestError):
         decode(data, SR, offset_s=-1.0)
+    # Huge finite values (an HTTP query parameter can say 1e308) are clear errors, not overflows.
+    with pytest.raises(InvalidRequestError, match="past the end"):
+        decode(data, SR, offset_s=1e308)
+    assert decode(data, SR, offset_s=9.0, duration_s=1e308).size == SR
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidRequestError, match="finite"):
+            decode(data, SR, offset_s=bad)
+        with pytest.raises(InvalidRequestError, match="finite"):
+            decode(data, SR, duration_s=bad)

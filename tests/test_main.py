@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import running_server
+from tests.conftest import export_tiny_model, running_server, running_uvicorn
 
 
 def test_live_without_a_model_and_not_ready(tmp_path: Path) -> None:
@@ -30,32 +33,13 @@ def test_settings_come_from_prefixed_environment(monkeypatch, tmp_path: Path) ->
     assert s.max_duration_s == 12.5
 
 
-def _exported_model(tmp_path: Path, real_names: bool) -> Path:
-    from dataclasses import replace
-
-    from app.features import FeatureExtractor, opensmile_version
-    from model_export.export import export_checkpoint
-    from tests.test_export import make_contract, write_checkpoint
-
-    contract = make_contract()
-    if real_names:
-        fx = FeatureExtractor(contract.features)
-        contract = replace(
-            contract, feature_names_sha256=fx.feature_names_sha256, opensmile_version=opensmile_version()
-        )
-    ckpt = tmp_path / "m.pt"
-    write_checkpoint(ckpt, contract=contract)
-    return export_checkpoint(ckpt, tmp_path / "m.onnx", model_name="tiny", model_version="0.0.1")
-
-
-def test_ready_once_a_valid_model_is_loaded_and_warmed_up(tmp_path: Path) -> None:
-    model = _exported_model(tmp_path, real_names=True)
-    with running_server(create_app(Settings(model_path=model, intra_op_threads=1))) as url:
+def test_ready_once_a_valid_model_is_loaded_and_warmed_up(served_model: Path) -> None:
+    with running_server(create_app(Settings(model_path=served_model, intra_op_threads=1))) as url:
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200
 
 
 def test_a_model_whose_features_this_build_cannot_compute_keeps_it_unready(tmp_path: Path) -> None:
-    model = _exported_model(tmp_path, real_names=False)
+    model = export_tiny_model(tmp_path, real_names=False)
     with running_server(create_app(Settings(model_path=model, intra_op_threads=1))) as url:
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
         ready = httpx.get(f"{url}/v2/health/ready")
@@ -70,3 +54,45 @@ def test_a_file_that_is_not_a_model_keeps_it_unready(tmp_path: Path) -> None:
         ready = httpx.get(f"{url}/v2/health/ready")
         assert ready.status_code == 503
         assert "not usable" in ready.json()["error"]["message"]
+
+
+def test_shutdown_drains_in_flight_requests(served_model: Path) -> None:
+    # The request waits 1.5 s in the batcher for companions; shutdown begins while it waits.
+    app = create_app(Settings(model_path=served_model, intra_op_threads=1, max_wait_ms=1500))
+    x = np.zeros((3, 6373), np.float32).tolist()
+    result: dict[str, httpx.Response] = {}
+    with running_uvicorn(app) as (url, server, thread):
+        client = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(f"{url}/v1/predict/features", json={"features": x}, timeout=60)
+            )
+        )
+        client.start()
+        deadline = time.monotonic() + 30
+        while 'mer_queued{queue="batch"} 1.0' not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < deadline, "the request never reached the batcher"
+            time.sleep(0.02)
+        server.should_exit = True
+        client.join(timeout=60)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert result["r"].status_code == 200
+    assert result["r"].json()["num_frames"] == 3
+
+
+def test_cors_is_off_by_default_and_on_for_listed_origins(tmp_path: Path) -> None:
+    preflight = {"origin": "https://ui.example", "access-control-request-method": "POST"}
+    with running_server(create_app(Settings(model_path=tmp_path / "none.onnx"))) as url:
+        r = httpx.options(f"{url}/v1/predict", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    settings = Settings(model_path=tmp_path / "none.onnx", cors_origins=["https://ui.example"])
+    with running_server(create_app(settings)) as url:
+        r = httpx.options(f"{url}/v1/predict", headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        other = httpx.options(f"{url}/v1/predict", headers={**preflight, "origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        # Error responses carry the header too, so a browser client can read them.
+        ready = httpx.get(f"{url}/v2/health/ready", headers={"origin": "https://ui.example"})
+        assert ready.status_code == 503
+        assert ready.headers["access-control-allow-origin"] == "https://ui.example"

@@ -1,0 +1,375 @@
+"""The service's work, without HTTP: bytes in, per-frame emotion out.
+
+:class:`EmotionService` owns the worker pool (decoding, extraction, parsing of large bodies) and the
+dynamic batcher in front of the model, applies the limits from :class:`~app.settings.Settings`
+(duration, frames, queue sizes, request timeout) and records stage metrics. Routes call one method per
+request and shape its result; every failure is a :class:`~app.errors.ServiceError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from app.audio import decode
+from app.batching import DynamicBatcher, WorkerPool
+from app.errors import ContractError, InvalidRequestError, RequestTimeoutError, TooManyFramesError
+from app.features import FeatureExtractor
+from app.metrics import ServiceMetrics
+from app.payloads import TensorPayload, audio_from_body, features_from_body, tensor_from_json
+from app.predictor import INPUT_NAME, OUTPUT_NAME, Predictor
+from app.settings import Settings
+
+__all__ = [
+    "OUTPUTS",
+    "QUADRANTS",
+    "AudioPrediction",
+    "EmotionService",
+    "FramePrediction",
+    "Quadrant",
+    "ServiceState",
+    "Summary",
+    "TensorPrediction",
+    "summarise",
+]
+
+FloatArray = npt.NDArray[np.float32]
+#: The outputs every served model must have, in this order: the response schema names them.
+OUTPUTS = ("arousal", "valence")
+Quadrant = Literal["Q1", "Q2", "Q3", "Q4"]
+#: Russell's circumplex quadrants by the signs of mean arousal and valence (0 counts as positive).
+QUADRANTS: dict[tuple[bool, bool], tuple[Quadrant, str]] = {
+    (True, True): ("Q1", "high arousal, positive valence (e.g. happy, excited)"),
+    (True, False): ("Q2", "high arousal, negative valence (e.g. angry, tense)"),
+    (False, False): ("Q3", "low arousal, negative valence (e.g. sad, bored)"),
+    (False, True): ("Q4", "low arousal, positive valence (e.g. calm, relaxed)"),
+}
+# ModelContract.to_metadata writes its arrays (normalisation statistics) with this tag: not card facts.
+_ARRAY_VALUE_PREFIX = "float32le:"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Clip-level summary of per-frame predictions.
+
+    Attributes:
+        mean: Mean per output over the frames.
+        std: Population standard deviation per output.
+        quadrant: Circumplex quadrant of the mean (``Q1`` … ``Q4``).
+        quadrant_label: What the quadrant stands for.
+    """
+
+    mean: dict[str, float]
+    std: dict[str, float]
+    quadrant: Quadrant
+    quadrant_label: str
+
+
+def summarise(emotion: FloatArray) -> Summary:
+    """Mean, standard deviation and circumplex quadrant of ``(T, 2)`` arousal/valence frames.
+
+    Example:
+        >>> summarise(np.array([[0.5, -0.2], [0.3, -0.4]], np.float32)).quadrant
+        'Q2'
+    """
+    mean = emotion.mean(axis=0, dtype=np.float64)
+    std = emotion.std(axis=0, dtype=np.float64)
+    quadrant, label = QUADRANTS[(bool(mean[0] >= 0), bool(mean[1] >= 0))]
+    return Summary(
+        mean={name: float(v) for name, v in zip(OUTPUTS, mean, strict=True)},
+        std={name: float(v) for name, v in zip(OUTPUTS, std, strict=True)},
+        quadrant=quadrant,
+        quadrant_label=label,
+    )
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    """Per-frame emotion of one clip.
+
+    Attributes:
+        emotion: ``(T, 2)`` arousal and valence per frame.
+        starts: ``(T,)`` frame start times, seconds.
+        ends: ``(T,)`` frame end times, seconds.
+        id: The client's id for this clip (batch requests only).
+    """
+
+    emotion: FloatArray
+    starts: npt.NDArray[np.float64]
+    ends: npt.NDArray[np.float64]
+    id: str | int | None = None
+
+    @property
+    def summary(self) -> Summary:
+        """Clip-level summary."""
+        return summarise(self.emotion)
+
+
+@dataclass(frozen=True)
+class AudioPrediction(FramePrediction):
+    """Per-frame emotion of an uploaded clip, with what the audio path did.
+
+    Attributes:
+        input_gain_db: Gain the feature path's level policy applied before extraction, dB.
+        offset_s: Start of the analysed range in the file, seconds (frame times include it).
+        analysed_s: Seconds of audio decoded.
+    """
+
+    input_gain_db: float = 0.0
+    offset_s: float = 0.0
+    analysed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TensorPrediction:
+    """The result of an Open Inference Protocol request.
+
+    Attributes:
+        request: The parsed request (its id is echoed).
+        emotion: ``(B, T, O)`` outputs.
+    """
+
+    request: TensorPayload
+    emotion: FloatArray
+
+
+@dataclass
+class ServiceState:
+    """The lifecycle as the routes see it: filled by the app's lifespan.
+
+    Attributes:
+        metrics: The app's metrics (there from the start, so /metrics works before the model loads).
+        ready: True once the model is loaded and warmed up, until shutdown begins.
+        reason: Why the service is not ready (reported by the readiness probe).
+        service: The running service, once the model is loaded.
+    """
+
+    metrics: ServiceMetrics
+    ready: bool = False
+    reason: str = "starting"
+    service: EmotionService | None = None
+
+
+class EmotionService:
+    """Decode, extract, batch and predict, within the configured limits.
+
+    Args:
+        predictor: A loaded model.
+        extractor: The feature extractor for the model's contract (already checked against it).
+        settings: Pool size, batching, limits and timeout.
+        metrics: Where stage, batch and queue metrics go.
+
+    Raises:
+        ContractError: If the model's outputs are not ``("arousal", "valence")``.
+
+    Example:
+        >>> service = EmotionService(predictor, extractor, settings, metrics)
+        >>> await service.start()
+        >>> result = await service.predict_audio(wav_bytes, "audio/wav")
+        >>> await service.stop()
+    """
+
+    def __init__(
+        self, predictor: Predictor, extractor: FeatureExtractor, settings: Settings, metrics: ServiceMetrics
+    ) -> None:
+        if tuple(predictor.outputs) != OUTPUTS:
+            raise ContractError(
+                f"the service reports {list(OUTPUTS)}; this model's outputs are {list(predictor.outputs)}"
+            )
+        self.predictor = predictor
+        self.extractor = extractor
+        self.settings = settings
+        self.metrics = metrics
+        self.config = extractor.config
+        #: Longest clip accepted as precomputed features, in frames (the duration limit on the grid).
+        self.max_frames = max(1, math.floor(settings.max_duration_s / self.config.hop_s))
+        self.pool = WorkerPool(settings.pool_size, settings.max_queue)
+        self.batcher = DynamicBatcher(
+            predictor.predict_batch,
+            max_batch=settings.max_batch,
+            max_batch_frames=settings.max_batch_frames,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            observe=metrics.observe_batch,
+        )
+        metrics.track_queues(lambda: self.pool.waiting, lambda: self.batcher.queued)
+
+    async def start(self) -> None:
+        """Start the batcher."""
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        """Finish queued inference, then stop the batcher and the worker threads."""
+        await self.batcher.stop()
+        await self.pool.shutdown()
+
+    def warmup(self) -> None:
+        """Extract features once (one frame of silence), so the first request does not pay set-up."""
+        self.extractor.extract(np.zeros(self.config.window_samples, dtype=np.float32))
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    async def predict_audio(
+        self,
+        body: bytes,
+        content_type: str | None,
+        *,
+        offset_s: float = 0.0,
+        duration_s: float | None = None,
+    ) -> AudioPrediction:
+        """Predict every frame of an uploaded audio file (or of a time range of it).
+
+        Args:
+            body: The request body: multipart with a ``file`` field, or the file itself.
+            content_type: The body's Content-Type.
+            offset_s: Start of the range to analyse, seconds.
+            duration_s: Length of the range (``None``: to the end); only that range is decoded.
+
+        Returns:
+            Per-frame arousal/valence, frame times in the file's time (offset included), the gain.
+
+        Raises:
+            ServiceError: Any of the audio, limit, queue and timeout errors of :mod:`app.errors`.
+        """
+        async with self._deadline():
+            values, gain_db, analysed_s = await self.pool.run(
+                self._decode_and_extract, body, content_type, offset_s, duration_s
+            )
+            (emotion,) = await self.batcher.submit([values])
+        t = emotion.shape[0]
+        starts = offset_s + np.arange(t, dtype=np.float64) * self.config.hop_s
+        return AudioPrediction(
+            emotion=emotion,
+            starts=starts,
+            ends=starts + self.config.window_s,
+            input_gain_db=gain_db,
+            offset_s=offset_s,
+            analysed_s=analysed_s,
+        )
+
+    async def predict_features(
+        self, body: bytes, content_type: str | None
+    ) -> tuple[list[FramePrediction], bool]:
+        """Predict precomputed raw features (JSON, a JSON batch, or ``.npy``).
+
+        Returns:
+            One prediction per clip, and whether the request was the batch form.
+
+        Raises:
+            ServiceError: Invalid bodies or features (422, with the expected shape), too many frames
+                (413), queue and timeout errors.
+        """
+        async with self._deadline():
+            clips, ids = await self.pool.run(self._parse_features, body, content_type)
+            outputs = await self.batcher.submit(clips)
+        predictions = []
+        for i, y in enumerate(outputs):
+            starts = np.arange(y.shape[0], dtype=np.float64) * self.config.hop_s
+            ident = None if ids is None else ids[i]
+            predictions.append(FramePrediction(y, starts, starts + self.config.window_s, ident))
+        return predictions, ids is not None
+
+    async def infer(self, body: bytes) -> TensorPrediction:
+        """Run an Open Inference Protocol v2 request: ``features`` ``[B, T, F]`` FP32 in, ``emotion`` out.
+
+        Raises:
+            ServiceError: Malformed requests, wrong names or shapes, non-finite values (422), too many
+                frames (413), queue and timeout errors.
+        """
+        async with self._deadline():
+            request, clips = await self.pool.run(self._parse_tensor, body)
+            outputs = await self.batcher.submit(clips)
+        return TensorPrediction(request=request, emotion=np.stack(outputs))
+
+    # --- model facts --------------------------------------------------------------------------------
+
+    def model_card(self) -> dict[str, Any]:
+        """:meth:`Predictor.info` plus the model file's metadata that is not an array.
+
+        JSON-valued metadata (training config, metrics, versions) is decoded; the normalisation
+        statistics are left out.
+        """
+        metadata: dict[str, Any] = {}
+        for key, value in sorted(self.predictor.metadata.items()):
+            if value.startswith(_ARRAY_VALUE_PREFIX):
+                continue
+            try:
+                metadata[key] = json.loads(value)
+            except ValueError:
+                metadata[key] = value
+        return {**self.predictor.info(), "metadata": metadata}
+
+    # --- work done in the pool ----------------------------------------------------------------------
+
+    def _decode_and_extract(
+        self, body: bytes, content_type: str | None, offset_s: float, duration_s: float | None
+    ) -> tuple[FloatArray, float, float]:
+        data = audio_from_body(body, content_type)
+        start = time.perf_counter()
+        signal = decode(
+            data,
+            self.config.sample_rate,
+            max_duration_s=self.settings.max_duration_s,
+            min_duration_s=self.config.window_s,
+            offset_s=offset_s,
+            duration_s=duration_s,
+        )
+        decoded = time.perf_counter()
+        self.metrics.stage_seconds.labels(stage="decode").observe(decoded - start)
+        features = self.extractor.extract(signal)
+        self.metrics.stage_seconds.labels(stage="extract").observe(time.perf_counter() - decoded)
+        return features.values, features.gain_db, signal.size / self.config.sample_rate
+
+    def _parse_features(
+        self, body: bytes, content_type: str | None
+    ) -> tuple[list[FloatArray], list[str | int] | None]:
+        payload = features_from_body(body, content_type)
+        clips = [
+            self._check_clip(c, i if payload.ids is not None else None) for i, c in enumerate(payload.clips)
+        ]
+        return clips, payload.ids
+
+    def _parse_tensor(self, body: bytes) -> tuple[TensorPayload, list[FloatArray]]:
+        request = tensor_from_json(body)
+        f = self.predictor.num_features
+        expected = f"expected input {INPUT_NAME!r}, FP32, shape [B, T, {f}] with B, T >= 1"
+        if request.name != INPUT_NAME:
+            raise InvalidRequestError(f"{expected}; got input {request.name!r}")
+        if request.outputs is not None and any(name != OUTPUT_NAME for name in request.outputs):
+            raise InvalidRequestError(
+                f"this model has one output, {OUTPUT_NAME!r}; requested {request.outputs}"
+            )
+        shape = request.shape
+        if len(shape) != 3 or shape[0] < 1 or shape[1] < 1 or shape[2] != f:
+            raise InvalidRequestError(f"{expected}; got shape {list(shape)}")
+        batch = request.data.reshape(shape)
+        clips = [self._check_clip(batch[i], i if shape[0] > 1 else None) for i in range(shape[0])]
+        return request, clips
+
+    def _check_clip(self, clip: Any, index: int | None) -> FloatArray:
+        x = self.predictor.validate(clip, index=index)
+        if x.shape[0] > self.max_frames:
+            where = "" if index is None else f"clip {index}: "
+            raise TooManyFramesError(
+                f"{where}{x.shape[0]} frames; at most {self.max_frames} "
+                f"({self.settings.max_duration_s:g} s at {self.config.hop_s} s per frame) are accepted"
+            )
+        return x
+
+    @asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        timeout = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                yield
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"the request took longer than the {timeout:g} s limit") from exc

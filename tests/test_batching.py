@@ -1,0 +1,279 @@
+"""Tests for app.batching: dynamic batches on a real ONNX model, bounded queues, draining, and via HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from app.audio import decode
+from app.batching import DynamicBatcher, WorkerPool
+from app.errors import InvalidFeaturesError, OverloadedError, PayloadTooLargeError, ShuttingDownError
+from app.features import FeatureExtractor
+from app.predictor import Predictor
+from tests.conftest import encode, serving, synth_music
+
+F = 6373
+
+
+@pytest.fixture(scope="module")
+def predictor(served_model: Path) -> Predictor:
+    return Predictor.load(served_model, providers="cpu", intra_op_threads=1)
+
+
+def clip(frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Raw ComParE functionals span many magnitudes; the graph compresses them (signed log1p).
+    return (rng.standard_normal((frames, F)) * 10 ** rng.uniform(-2, 3, F)).astype(np.float32)
+
+
+def make_batcher(predictor: Predictor, **kwargs: float) -> tuple[DynamicBatcher, list[tuple[int, int]]]:
+    seen: list[tuple[int, int]] = []
+    options = {"max_batch": 8, "max_batch_frames": 4096, "max_wait_s": 0.05, "max_queue": 64, **kwargs}
+    batcher = DynamicBatcher(
+        predictor.predict_batch,
+        max_batch=int(options["max_batch"]),
+        max_batch_frames=int(options["max_batch_frames"]),
+        max_wait_s=float(options["max_wait_s"]),
+        max_queue=int(options["max_queue"]),
+        observe=lambda size, frames, _: seen.append((size, frames)),
+    )
+    return batcher, seen
+
+
+def test_concurrent_clips_are_batched_and_each_gets_its_own_result(predictor: Predictor) -> None:
+    clips = [clip(t, seed=t) for t in (1, 5, 61, 17, 2, 30, 61, 8, 3, 44, 12, 61, 7, 9, 20, 1, 2, 3, 4, 5)]
+
+    async def main() -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        batcher, seen = make_batcher(predictor)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit([c]) for c in clips))
+        await batcher.stop()
+        return [r[0] for r in results], seen
+
+    results, seen = asyncio.run(main())
+    for c, y in zip(clips, results, strict=True):
+        assert y.shape == (c.shape[0], 2)
+        assert np.max(np.abs(y - predictor.predict(c))) <= 1e-5  # right padding changes nothing
+    sizes = [size for size, _ in seen]
+    assert sum(sizes) == len(clips)
+    assert max(sizes) == 8  # max_batch
+    assert len(sizes) == 3
+
+
+def test_padded_frames_are_bounded_and_a_long_clip_runs_alone(predictor: Predictor) -> None:
+    clips = [clip(10, 1), clip(10, 2), clip(10, 3), clip(80, 4), clip(10, 5)]
+
+    async def main() -> list[tuple[int, int]]:
+        batcher, seen = make_batcher(predictor, max_batch_frames=100, max_wait_s=0.2)
+        await batcher.start()
+        await asyncio.gather(*(batcher.submit([c]) for c in clips))
+        await batcher.stop()
+        return seen
+
+    # In arrival order: three short clips (30 padded frames), the long one alone, then the last short one.
+    assert asyncio.run(main()) == [(3, 30), (1, 80), (1, 10)]
+
+
+def test_a_full_queue_refuses_at_once_and_admitted_work_completes(predictor: Predictor) -> None:
+    async def main() -> None:
+        batcher, _ = make_batcher(predictor, max_queue=2, max_wait_s=0.3)
+        await batcher.start()
+        admitted = asyncio.ensure_future(batcher.submit([clip(3, 1), clip(4, 2)]))
+        await asyncio.sleep(0)  # let it queue its clips
+        with pytest.raises(OverloadedError, match="queue is full") as info:
+            await batcher.submit([clip(2, 3)])
+        assert info.value.headers == {"Retry-After": "1"}
+        with pytest.raises(PayloadTooLargeError, match="3 clips in one request"):
+            await batcher.submit([clip(1, 4)] * 3)
+        assert [y.shape for y in await admitted] == [(3, 2), (4, 2)]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_clips_of_a_timed_out_request_never_reach_the_model(predictor: Predictor) -> None:
+    async def main() -> list[tuple[int, int]]:
+        batcher, seen = make_batcher(predictor, max_wait_s=0.3)
+        await batcher.start()
+        kept = asyncio.ensure_future(batcher.submit([clip(5, 1)]))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit([clip(7, 2)]), timeout=0.05)
+        await kept
+        assert batcher.queued == 0
+        await batcher.stop()
+        return seen
+
+    assert asyncio.run(main()) == [(1, 5)]
+
+
+def test_stop_finishes_queued_work_then_refuses_new_work(predictor: Predictor) -> None:
+    async def main() -> None:
+        batcher, _ = make_batcher(predictor, max_wait_s=0.2)
+        await batcher.start()
+        pending = asyncio.ensure_future(batcher.submit([clip(6, 1)]))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        assert pending.done()
+        assert (await pending)[0].shape == (6, 2)
+        with pytest.raises(ShuttingDownError):
+            await batcher.submit([clip(1, 2)])
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on(predictor: Predictor) -> None:
+    async def main() -> None:
+        batcher, _ = make_batcher(predictor, max_wait_s=0.1)
+        await batcher.start()
+        # Unvalidated input of the wrong width reaches the model: the whole batch fails, visibly.
+        results = await asyncio.gather(
+            batcher.submit([clip(3, 1)]),
+            batcher.submit([np.zeros((3, 10), np.float32)]),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, InvalidFeaturesError) for r in results)
+        assert (await batcher.submit([clip(2, 2)]))[0].shape == (2, 2)
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+# --- worker pool ----------------------------------------------------------------------------------------
+
+
+def blocker() -> tuple[threading.Event, Callable[[], str]]:
+    release = threading.Event()
+
+    def work() -> str:
+        assert release.wait(timeout=30)
+        return "done"
+
+    return release, work
+
+
+def test_pool_bounds_the_calls_waiting_for_a_thread() -> None:
+    async def main() -> None:
+        pool = WorkerPool(workers=1, max_queue=1)
+        release, work = blocker()
+        running = asyncio.ensure_future(pool.run(work))
+        while pool.busy == 0:
+            await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(pool.run(lambda: "second"))
+        await asyncio.sleep(0)
+        assert pool.waiting == 1
+        with pytest.raises(OverloadedError, match="1 requests are waiting"):
+            await pool.run(lambda: "third")
+        release.set()
+        assert (await running, await waiting) == ("done", "second")
+        assert (pool.waiting, pool.busy) == (0, 0)
+        await pool.shutdown()
+        with pytest.raises(ShuttingDownError):
+            await pool.run(lambda: "late")
+
+    asyncio.run(main())
+
+
+def test_a_call_cancelled_before_it_started_frees_its_place() -> None:
+    async def main() -> None:
+        pool = WorkerPool(workers=1, max_queue=1)
+        release, work = blocker()
+        running = asyncio.ensure_future(pool.run(work))
+        while pool.busy == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.run(lambda: "never"), timeout=0.05)
+        assert pool.waiting == 0
+        follow_up = asyncio.ensure_future(pool.run(lambda: "admitted"))
+        release.set()
+        assert (await running, await follow_up) == ("done", "admitted")
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+# --- through HTTP ---------------------------------------------------------------------------------------
+
+
+def npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+def test_32_parallel_requests_are_all_correct_and_share_batches(
+    served_model: Path, predictor: Predictor, extractor16k: FeatureExtractor
+) -> None:
+    audio = [encode(synth_music(2.0 + 0.5 * i, 16_000, seed=i), 16_000) for i in range(4)]
+    features = [clip(1 + i % 8, seed=100 + i) for i in range(28)]
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=32)) as c:
+            calls = [c.post("/v1/predict", files={"file": ("a.wav", a, "audio/wav")}) for a in audio]
+            for i, x in enumerate(features):
+                if i % 2:
+                    calls.append(c.post("/v1/predict/features", json={"features": x.tolist()}))
+                else:
+                    calls.append(
+                        c.post(
+                            "/v1/predict/features",
+                            content=npy(x),
+                            headers={"content-type": "application/x-npy"},
+                        )
+                    )
+            return list(await asyncio.gather(*calls))
+
+    with serving(served_model, max_wait_ms=50, max_batch=16) as url:
+        responses = asyncio.run(fire(url))
+        scraped = httpx.get(f"{url}/metrics").text
+    assert [r.status_code for r in responses] == [200] * 32
+    for data, r in zip(audio, responses[:4], strict=True):
+        want = predictor.predict(extractor16k.extract(decode(data, 16_000)).values)
+        got = np.array([[f["arousal"], f["valence"]] for f in r.json()["frames"]])
+        assert np.max(np.abs(got - want)) <= 1e-5
+    for x, r in zip(features, responses[4:], strict=True):
+        got = np.array([[f["arousal"], f["valence"]] for f in r.json()["frames"]])
+        assert np.max(np.abs(got - predictor.predict(x))) <= 1e-5
+    batches = metric(scraped, "mer_batch_size_count")
+    single = metric(scraped, 'mer_batch_size_bucket{le="1.0"}')
+    assert metric(scraped, "mer_batch_size_sum") == 32
+    assert single < batches  # at least one inference call served more than one request
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(served_model: Path) -> None:
+    x = npy(clip(2, 1))
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            headers = {"content-type": "application/x-npy"}
+            return list(
+                await asyncio.gather(
+                    *(c.post("/v1/predict/features", content=x, headers=headers) for _ in range(10))
+                )
+            )
+
+    # Clips wait up to 1.5 s for companions, and only two may wait: the rest must be turned away.
+    with serving(served_model, max_queue=2, max_wait_ms=1500, max_batch=64, pool_workers=2) as url:
+        responses = asyncio.run(fire(url))
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "overloaded"
+        else:
+            assert r.json()["num_frames"] == 2

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def test_service_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MER_MODEL_PATH", str(tmp_path / "m.onnx"))
+    monkeypatch.setenv("MER_POOL_WORKERS", "3")
+    monkeypatch.setenv("MER_MAX_BATCH", "8")
+    monkeypatch.setenv("MER_MAX_WAIT_MS", "2.5")
+    monkeypatch.setenv("MER_MAX_QUEUE", "10")
+    monkeypatch.setenv("MER_REQUEST_TIMEOUT_S", "30")
+    monkeypatch.setenv("MER_API_KEY", "k3y")
+    monkeypatch.setenv("MER_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("MER_LOG_JSON", "true")
+    s = Settings()
+    assert (s.pool_size, s.max_batch, s.max_wait_ms, s.max_queue) == (3, 8, 2.5, 10)
+    assert s.request_timeout_s == 30
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "k3y"
+    assert "k3y" not in repr(s)  # the key never lands in a log line
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.log_json is True
+    monkeypatch.setenv("MER_CORS_ORIGINS", '["https://c.example"]')
+    assert Settings().cors_origins == ["https://c.example"]
+
+
+def test_defaults_are_safe() -> None:
+    s = Settings()
+    assert s.api_key is None
+    assert s.cors_origins == []
+    assert s.pool_size >= 1  # one worker per core the process may use
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -1}, {"request_timeout_s": 0}, {"pool_workers": -1}],
+)
+def test_out_of_range_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate(bad)
