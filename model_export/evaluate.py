@@ -102,6 +102,32 @@ class CVResult:
         return metrics(self.predictions, self.targets, self.config.targets)
 
 
+def cv_run_key(
+    name: str,
+    cfg: TrainConfig,
+    k: int,
+    fold_seed: int,
+    clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+) -> str:
+    """Key of a CV run's stored folds: everything a fold's predictions depend on.
+
+    The feature and target values are included (another analysis rate or re-rendered audio keeps the
+    clip ids but must not reuse old folds). The torch thread count is not: it changes speed, and at
+    most the last bits of float reductions, not what a fold learns.
+    """
+    settings = {key: value for key, value in cfg.to_dict().items() if key != "threads"}
+    digest = hashlib.sha256(
+        json.dumps(
+            [name, settings, k, fold_seed, [c.clip_id for c in clips]], sort_keys=True, default=str
+        ).encode()
+    )
+    for c in clips:
+        digest.update(np.ascontiguousarray(features[c.clip_id]).tobytes())
+        digest.update(np.ascontiguousarray(c.targets).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def cross_validate(
     name: str,
     cfg: TrainConfig,
@@ -132,17 +158,7 @@ def cross_validate(
     """
     usable = [c for c in clips if c.clip_id in features]
     folds = group_folds([c.group for c in usable], k, fold_seed)
-    # The key covers everything a fold's predictions depend on, the feature and target values included
-    # (another analysis rate or re-rendered audio keeps the clip ids but must not reuse old folds).
-    digest = hashlib.sha256(
-        json.dumps(
-            [name, cfg.to_dict(), k, fold_seed, [c.clip_id for c in usable]], sort_keys=True, default=str
-        ).encode()
-    )
-    for c in usable:
-        digest.update(np.ascontiguousarray(features[c.clip_id]).tobytes())
-        digest.update(np.ascontiguousarray(c.targets).tobytes())
-    run_key = digest.hexdigest()[:16]
+    run_key = cv_run_key(name, cfg, k, fold_seed, usable, features)
     seconds = 0.0
     ids: list[str] = []
     preds: list[FloatArray] = []

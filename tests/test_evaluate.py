@@ -108,3 +108,19 @@ def test_cli_cv_on_synthetic_audio_end_to_end(tmp_path: Path) -> None:
     assert doc["rows"][0]["frames"] == 8 * 8
     assert (tmp_path / "report" / "curves_valence.png").exists()
     assert len(list((tmp_path / "cache" / "cv").glob("*.npz"))) == 4
+
+
+def test_run_key_ignores_thread_count_but_not_settings_or_data() -> None:
+    clips = [
+        Clip(f"c{i}", Path(f"/x/{i}.wav"), np.zeros((3, 2), np.float32), group=f"g{i}") for i in range(3)
+    ]
+    feats = {c.clip_id: np.ones((3, 4), np.float32) for c in clips}
+
+    def key(cfg: TrainConfig, features: dict[str, np.ndarray] = feats) -> str:
+        return ev.cv_run_key("LSTM_AT_400", cfg, 3, 0, clips, features)
+
+    base = key(TrainConfig())
+    assert key(TrainConfig(threads=1)) == base
+    assert key(TrainConfig(lr=1e-4)) != base
+    other = dict(feats, c0=np.zeros((3, 4), np.float32))
+    assert key(TrainConfig(), other) != base
