@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     sys.path.insert(0, str(REPO))
     from app.contract import FeatureConfig, ModelContract
-    from model_export.export import ExportModule, export_checkpoint, sample_raw_features
+    from model_export.export import ExportModule, export_checkpoint, sample_raw_features, save_checkpoint
     from model_export.model import NUM_COMPARE_FEATURES
     from model_export.train import TrainConfig
 
@@ -100,19 +100,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(model_cfg, seed=0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, onnx_path = Path(tmp) / "m.pt", Path(tmp) / "m.onnx"
-        torch.save(
-            {
-                "model_config": model_cfg.to_dict(),
-                "train_config": cfg.to_dict(),
-                "state_dict": model.state_dict(),
-                "contract": contract.to_metadata(),
-                "dataset": "random-weights",
-                "history": [],
-                "best_epoch": 0,
-                "clips": 0,
-            },
-            ckpt,
-        )
+        save_checkpoint(ckpt, model, contract, cfg.to_dict(), dataset="random-weights")
         export_checkpoint(ckpt, onnx_path, model_name=args.preset, model_version="bench")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -101,7 +101,7 @@ def export_tiny_model(directory: Path) -> Path:
 
     from app.contract import FeatureConfig, ModelContract
     from app.features import FeatureExtractor, opensmile_version
-    from model_export.export import export_checkpoint
+    from model_export.export import export_checkpoint, save_checkpoint
     from model_export.model import NUM_COMPARE_FEATURES, build_model
     from model_export.train import TrainConfig
 
@@ -120,20 +120,7 @@ def export_tiny_model(directory: Path) -> Path:
     cfg = TrainConfig(preset="LSTM_AT_400", model_overrides={"hidden_sizes": [4], "attention_window": 4})
     model_cfg = cfg.model_config(f)
     model = build_model(model_cfg, seed=0).eval()
-    ckpt = directory / "tiny.pt"
-    torch.save(
-        {
-            "model_config": model_cfg.to_dict(),
-            "train_config": cfg.to_dict(),
-            "state_dict": model.state_dict(),
-            "contract": contract.to_metadata(),
-            "dataset": "random-weights",
-            "history": [],
-            "best_epoch": 0,
-            "clips": 0,
-        },
-        ckpt,
-    )
+    ckpt = save_checkpoint(directory / "tiny.pt", model, contract, cfg.to_dict(), dataset="random-weights")
     return export_checkpoint(ckpt, directory / "tiny.onnx", model_name="tiny-bench", model_version="0")
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.contract import LEVEL_POLICIES, FeatureConfig, ModelContract
 from app.features import FeatureExtractor, opensmile_version
@@ -241,6 +240,8 @@ def cmd_ridge(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model on a whole dataset and save a checkpoint."""
+    from model_export.export import save_checkpoint
+
     clips, feats, extractor = load_data(args)
     usable = [c for c in clips if c.clip_id in feats]
     cfg = _train_config(args, args.preset)
@@ -253,19 +254,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         [usable[i].targets for i in va],
     )
     contract = build_contract(result, extractor, cfg)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model_config": result.model_config.to_dict(),
-            "train_config": cfg.to_dict(),
-            "state_dict": result.model.state_dict(),
-            "contract": contract.to_metadata(),
-            "dataset": args.dataset,
-            "history": result.history,
-            "best_epoch": result.best_epoch,
-            "clips": len(usable),
-        },
+    save_checkpoint(
         args.out,
+        result.model,
+        contract,
+        cfg.to_dict(),
+        dataset=args.dataset,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        clips=len(usable),
     )
     print(f"saved {args.out} (best epoch {result.best_epoch}, {result.seconds:.0f}s)")
     return 0

@@ -32,7 +32,7 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -130,6 +130,50 @@ class ExportModule(nn.Module):
             (B, T, O) in [-1, 1].
         """
         return cast(Tensor, self.model(self.normaliser(x)))
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: EmotionRNN,
+    contract: ModelContract,
+    train_config: Mapping[str, Any],
+    *,
+    dataset: str,
+    history: Sequence[Mapping[str, float]] = (),
+    best_epoch: int = 0,
+    clips: int = 0,
+) -> Path:
+    """Write the checkpoint :func:`load_checkpoint` reads (and ``export_checkpoint`` exports).
+
+    Args:
+        path: The ``.pt`` file to write (parent folders are created).
+        model: The trained model.
+        contract: Its I/O contract.
+        train_config: ``TrainConfig.to_dict()`` of the run.
+        dataset: Name of the training data.
+        history: Per-epoch losses.
+        best_epoch: The epoch whose weights these are.
+        clips: How many clips the run used.
+
+    Returns:
+        The written path.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model_config": model.config.to_dict(),
+            "train_config": dict(train_config),
+            "state_dict": model.state_dict(),
+            "contract": contract.to_metadata(),
+            "dataset": dataset,
+            "history": [dict(h) for h in history],
+            "best_epoch": best_epoch,
+            "clips": clips,
+        },
+        out,
+    )
+    return out
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[EmotionRNN, ModelContract, dict[str, Any]]:

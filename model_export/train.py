@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from app.contract import FEATURE_TRANSFORMS, transform_features
 from model_export.datasets.base import TARGETS
-from model_export.model import PRESETS, ModelConfig, build_model, fast_cpu_context
+from model_export.model import PRESETS, EmotionRNN, ModelConfig, build_model, fast_cpu_context
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class TrainSequence:
 class TrainResult:
     """A trained model and how training went."""
 
-    model: nn.Module
+    model: EmotionRNN
     normaliser: Normaliser
     model_config: ModelConfig
     history: list[dict[str, float]]

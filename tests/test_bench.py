@@ -46,3 +46,13 @@ def test_infer_benchmark_runs_and_reports_ratios(tmp_path: Path) -> None:
     for key in ("ort_ms_per_clip", "torch_ms_per_clip", "ort_gflops", "matmul_gflops", "ort_vs_torch"):
         assert row[key] > 0
     assert row["shipped_ms_per_clip"] is None
+
+
+def test_serve_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO / "bench" / "serve.py"), "--model", str(tmp_path / "absent.onnx")]
+    cmd += ["--concurrency", "1", "2", "--requests", "2", "--routes", "features-npy", "--cell-seconds", "60"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "exporting a tiny model" in result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| features-npy")]
+    assert len(rows) == 2
+    assert all("| 2/2 |" in row for row in rows)

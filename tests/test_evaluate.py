@@ -124,3 +124,28 @@ def test_run_key_ignores_thread_count_but_not_settings_or_data() -> None:
     assert key(TrainConfig(lr=1e-4)) != base
     other = dict(feats, c0=np.zeros((3, 4), np.float32))
     assert key(TrainConfig(), other) != base
+
+
+def test_cli_train_then_export_gives_a_servable_model(tmp_path: Path) -> None:
+    from app.features import FeatureExtractor
+    from app.predictor import Predictor
+    from model_export.export import load_checkpoint
+
+    data = ["--dataset", "synthetic", "--root", str(tmp_path / "data"), "--cache", str(tmp_path / "cache")]
+    data += ["--option", "n_clips=6", "--option", "duration_s=4"]
+    ckpt = tmp_path / "ckpt" / "m.pt"
+    argv = ["train", *data, "--preset", "LSTM_AT_400", "--model-option", "hidden_sizes=[8]"]
+    argv += ["--model-option", "attention_window=4", "--epochs", "2", "--threads", "1", "--out", str(ckpt)]
+    assert main(argv) == 0
+    model, contract, meta = load_checkpoint(ckpt)
+    assert meta["dataset"] == "synthetic"
+    assert meta["clips"] == 6
+    assert len(meta["history"]) == 2
+    assert list(model.config.hidden_sizes) == [8]
+    onnx_path = tmp_path / "m.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(onnx_path), "--name", "t", "--version", "0"]
+    assert main(argv) == 0
+    predictor = Predictor.load(onnx_path, providers="cpu", intra_op_threads=1)
+    FeatureExtractor(predictor.contract.features).check_contract(predictor.contract)
+    assert predictor.contract == contract
+    assert predictor.predict(np.zeros((3, contract.num_features), np.float32)).shape == (3, 2)
