@@ -11,9 +11,15 @@ process:
 
 each at concurrency 1, 4 and 16 (``--concurrency``), ``--requests`` requests per cell and at most
 ``--cell-seconds`` per cell. Bodies are encoded once up front, so the client measures the server. The
-mean inference batch per cell comes from the server's own ``/metrics``. The table is followed by ratios
-measured in the same run: npy vs JSON throughput, and each route's throughput at the highest
-concurrency vs concurrency 1 (what dynamic batching and the worker pool buy).
+mean inference batch per cell comes from the server's own ``/metrics``.
+
+References measured in the same run, before the server starts: the bare pipeline's extraction alone
+(``app.features`` on the 30 s clip from one thread per core) and the ``Predictor`` alone at its best
+batch (1, 4 or 16 clips per call, ``intra_op_threads`` = 0). After the main cells the server is started
+again with ``MER_MAX_BATCH=1`` (dynamic batching off) and the routes run once more at the highest
+concurrency. The table is followed by ratios: npy vs JSON throughput, each route's highest
+concurrency vs concurrency 1, the audio route against bare extraction, the npy route against bare
+inference, and batching on vs off.
 
 Client and server share the machine: on a 2-core box the client's own work is part of every number.
 Run: ``python bench/serve.py [--requests 8]``.
@@ -223,7 +229,45 @@ def bodies() -> dict[str, Body]:
     }
 
 
-def report(cells: list[Cell], sizes: dict[str, int]) -> None:
+def bare_extraction(signal: np.ndarray, count: int) -> float:
+    """Audio seconds extracted per wall second, ``count`` clips over one thread per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.contract import FeatureConfig
+    from app.features import FeatureExtractor
+
+    extractor = FeatureExtractor(FeatureConfig(sample_rate=SAMPLE_RATE))
+    extractor.extract(signal[:SAMPLE_RATE])  # warm-up
+    workers = os.cpu_count() or 1
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda _: extractor.extract(signal), range(count)))
+    return count * signal.size / SAMPLE_RATE / (time.perf_counter() - start)
+
+
+def bare_inference(model: Path, features: np.ndarray, seconds: float) -> tuple[float, int]:
+    """(clips per second, batch) of the predictor alone at its best batch size."""
+    from app.predictor import Predictor
+
+    predictor = Predictor.load(model, providers="cpu", intra_op_threads=0)
+    best = (0.0, 1)
+    for batch in (1, 4, 16):
+        clips = [features] * batch
+        predictor.predict_batch(clips)
+        calls, start = 0, time.perf_counter()
+        while calls < 3 or time.perf_counter() - start < seconds:
+            predictor.predict_batch(clips)
+            calls += 1
+        best = max(best, (calls * batch / (time.perf_counter() - start), batch))
+    return best
+
+
+def report(
+    cells: list[Cell],
+    sizes: dict[str, int],
+    references: dict[str, float] | None = None,
+    unbatched: dict[str, Cell] | None = None,
+) -> None:
     print()
     print("| route | body | concurrency | ok/sent | req/s | audio s/s | p50 ms | p99 ms | mean batch |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -249,6 +293,30 @@ def report(cells: list[Cell], sizes: dict[str, int]) -> None:
                 f"{route}: concurrency {top} vs 1 throughput: {many.throughput / one.throughput:.2f}x "
                 f"(mean batch {many.clips / many.batches if many.batches else float('nan'):.2f})"
             )
+    refs = references or {}
+    if "extraction_audio_s" in refs:
+        print(f"bare extraction: {refs['extraction_audio_s']:.1f} audio s/s on {os.cpu_count()} threads")
+        for level in levels:
+            cell = by.get(("predict", level))
+            if cell:
+                share = cell.throughput * CLIP_S / refs["extraction_audio_s"]
+                print(f"predict at concurrency {level} vs bare extraction: {100 * share:.0f} %")
+    if "inference_clips" in refs:
+        print(f"bare inference: {refs['inference_clips']:.1f} clips/s at batch {refs['inference_batch']:.0f}")
+        for level in levels:
+            cell = by.get(("features-npy", level))
+            if cell:
+                print(
+                    f"features-npy at concurrency {level} vs bare inference: "
+                    f"{100 * cell.throughput / refs['inference_clips']:.0f} %"
+                )
+    for route, off in (unbatched or {}).items():
+        on = by.get((route, off.concurrency))
+        if on and off.throughput:
+            print(
+                f"{route} at concurrency {off.concurrency}: batching on vs off (MER_MAX_BATCH=1) "
+                f"{on.throughput / off.throughput:.2f}x ({on.throughput:.2f} vs {off.throughput:.2f} req/s)"
+            )
 
 
 def main() -> int:
@@ -272,6 +340,11 @@ def main() -> int:
             model = export_tiny_model(Path(tmp))
         requests = bodies()
         sizes = {name: len(body.content) for name, body in requests.items()}
+        signal = music(CLIP_S, SAMPLE_RATE)
+        features = np.load(io.BytesIO(requests["features-npy"].content))
+        references = {"extraction_audio_s": bare_extraction(signal, 2 * (os.cpu_count() or 1))}
+        clips_per_s, batch = bare_inference(model, features, seconds=min(3.0, args.cell_seconds))
+        references |= {"inference_clips": clips_per_s, "inference_batch": float(batch)}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = start_server(model, port, args)
@@ -297,7 +370,22 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=60)
-    report(cells, sizes)
+        unbatched = {}
+        top = max(args.concurrency)
+        if top > 1:
+            off_args = argparse.Namespace(**{**vars(args), "max_batch": 1})
+            server = start_server(model, port, off_args)
+            try:
+                wait_ready(url, server)
+                for route in args.routes:
+                    asyncio.run(run_cell(url, route, requests[route], 1, 1, args.cell_seconds))  # warm-up
+                    unbatched[route] = asyncio.run(
+                        run_cell(url, route, requests[route], top, args.requests, args.cell_seconds)
+                    )
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+    report(cells, sizes, references, unbatched)
     return 0
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,9 +51,15 @@ def test_infer_benchmark_runs_and_reports_ratios(tmp_path: Path) -> None:
 
 def test_serve_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "bench" / "serve.py"), "--model", str(tmp_path / "absent.onnx")]
-    cmd += ["--concurrency", "1", "2", "--requests", "2", "--routes", "features-npy", "--cell-seconds", "60"]
+    cmd += ["--concurrency", "1", "2", "--requests", "2", "--routes", "features-npy", "--cell-seconds", "5"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert "exporting a tiny model" in result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| features-npy")]
     assert len(rows) == 2
     assert all("| 2/2 |" in row for row in rows)
+    # Same-run references and ratios: bare extraction and inference, batching on vs off.
+    assert re.search(r"bare extraction: [\d.]+ audio s/s", result.stdout)
+    assert re.search(r"features-npy at concurrency 2 vs bare inference: \d+ %", result.stdout)
+    assert re.search(
+        r"features-npy at concurrency 2: batching on vs off \(MER_MAX_BATCH=1\) [\d.]+x", result.stdout
+    )
