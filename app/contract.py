@@ -283,7 +283,8 @@ _SCALAR_KEYS = (
     "clip_z",
     "contract_version",
 )
-_ARRAY_TAG = "float32le:"
+#: Prefix of every array value :meth:`ModelContract.to_metadata` writes (normalisation statistics).
+ARRAY_TAG = "float32le:"
 
 
 _Float = TypeVar("_Float", np.float32, np.float64)
@@ -305,13 +306,13 @@ def _as_int(value: object, name: str) -> int:
 
 
 def _encode_array(arr: FloatArray) -> str:
-    return _ARRAY_TAG + base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")
+    return ARRAY_TAG + base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")
 
 
 def _decode_array(text: str) -> FloatArray:
-    if not text.startswith(_ARRAY_TAG):
-        raise ContractError(f"array value does not start with {_ARRAY_TAG!r}")
-    data = base64.b64decode(text[len(_ARRAY_TAG) :], validate=True)
+    if not text.startswith(ARRAY_TAG):
+        raise ContractError(f"array value does not start with {ARRAY_TAG!r}")
+    data = base64.b64decode(text[len(ARRAY_TAG) :], validate=True)
     if len(data) % 4:
         raise ContractError("array value is not a whole number of float32")
     return np.frombuffer(data, dtype="<f4").astype(np.float32)

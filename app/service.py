@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from app.audio import decode
 from app.batching import DynamicBatcher, WorkerPool
+from app.contract import ARRAY_TAG
 from app.errors import ContractError, InvalidRequestError, RequestTimeoutError, TooManyFramesError
 from app.features import FeatureExtractor
 from app.metrics import ServiceMetrics
@@ -53,8 +54,6 @@ QUADRANTS: dict[tuple[bool, bool], tuple[Quadrant, str]] = {
     (False, False): ("Q3", "low arousal, negative valence (e.g. sad, bored)"),
     (False, True): ("Q4", "low arousal, positive valence (e.g. calm, relaxed)"),
 }
-# ModelContract.to_metadata writes its arrays (normalisation statistics) with this tag: not card facts.
-_ARRAY_VALUE_PREFIX = "float32le:"
 
 
 @dataclass(frozen=True)
@@ -300,7 +299,7 @@ class EmotionService:
         """
         metadata: dict[str, Any] = {}
         for key, value in sorted(self.predictor.metadata.items()):
-            if value.startswith(_ARRAY_VALUE_PREFIX):
+            if value.startswith(ARRAY_TAG):  # normalisation statistics, not card facts
                 continue
             try:
                 metadata[key] = json.loads(value)
