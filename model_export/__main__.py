@@ -25,7 +25,7 @@ import numpy as np
 from app.contract import LEVEL_POLICIES, FeatureConfig, ModelContract
 from app.features import FeatureExtractor, opensmile_version
 from model_export.cache import FeatureCache
-from model_export.datasets.base import TARGETS, Clip
+from model_export.datasets.base import TARGETS, Clip, originals, variants_by_original
 from model_export.datasets.registry import RECIPES
 from model_export.datasets.registry import load as load_dataset
 from model_export.evaluate import cross_validate, plot_figures, write_report
@@ -243,15 +243,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model_export.export import save_checkpoint
 
     clips, feats, extractor = load_data(args)
-    usable = [c for c in clips if c.clip_id in feats]
+    usable = [c for c in originals(clips) if c.clip_id in feats]
+    variants = variants_by_original(clips)
     cfg = _train_config(args, args.preset)
     tr, va = validation_split([c.group for c in usable], cfg.val_fraction, cfg.seed)
+    train_variants = [
+        [feats[v.clip_id] for v in variants.get(usable[i].clip_id, []) if v.clip_id in feats] for i in tr
+    ]
     result = train(
         cfg,
         [feats[usable[i].clip_id] for i in tr],
         [usable[i].targets for i in tr],
         [feats[usable[i].clip_id] for i in va],
         [usable[i].targets for i in va],
+        train_variants=train_variants,
     )
     contract = build_contract(result, extractor, cfg)
     save_checkpoint(
@@ -263,9 +268,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         history=result.history,
         best_epoch=result.best_epoch,
         clips=len(usable),
+        augmentation=_augmentation_meta(args, sum(len(v) for v in train_variants)),
     )
     print(f"saved {args.out} (best epoch {result.best_epoch}, {result.seconds:.0f}s)")
     return 0
+
+
+def _augmentation_meta(args: argparse.Namespace, variant_clips: int) -> dict[str, Any]:
+    """What the checkpoint (and so the model card) records about augmentation."""
+    options = _parse_options(args.option)
+    meta: dict[str, Any] = {"variant_clips": variant_clips}
+    if args.dataset == "vgmidi" and options.get("augment"):
+        from model_export.datasets import vgmidi
+
+        meta.update(
+            per_piece=int(options["augment"]),
+            seed=int(options.get("augment_seed", 0)),
+            version=vgmidi.AUGMENT_VERSION,
+            changes=(
+                f"each drawn with probability 1/2, at least one: soundfont {vgmidi.ALT_SOUNDFONT.stem}; "
+                f"GM program {' or '.join(map(str, vgmidi.AUGMENT_PROGRAMS))} on melodic channels; "
+                f"fluidsynth hall reverb {vgmidi.HALL_REVERB}; pink noise at "
+                f"{vgmidi.NOISE_SNR_DB[0]:g}-{vgmidi.NOISE_SNR_DB[1]:g} dB SNR"
+            ),
+            policy="one rendition of each training piece drawn uniformly per epoch; validation on originals",
+        )
+    return meta
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -276,6 +304,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, contract, meta = load_checkpoint(args.checkpoint)
     extra: dict[str, str] = {}
     report = load_report(args.cv_report) if args.cv_report is not None else None
+    comparisons = []
+    for item in args.compare:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--compare expects LABEL=REPORT.json, got {item!r}")
+        comparisons.append((label, _display_path(Path(path)), load_report(Path(path))))
     card = build_card(
         model_name=args.name,
         model_version=args.version,
@@ -285,6 +319,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         cv_report=report,
         cv_source=None if args.cv_report is None else _display_path(args.cv_report),
         weights_dtype="float16" if args.fp16 else "float32",
+        comparisons=comparisons,
     )
     extra[CARD_KEY] = json.dumps(card, sort_keys=True)
     if args.metrics is not None:
@@ -385,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         help="report.json of the CV that chose the setup (for the card)",
     )
     p.add_argument("--card", type=Path, default=None, help="also write the Markdown model card here")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=REPORT",
+        help="another CV report.json shown in the card's before/after table (repeatable)",
+    )
     p = sub.add_parser(
         "real-music", help="run a model over real recordings from Debian packages (report data)"
     )

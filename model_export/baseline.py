@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract import transform_features
-from model_export.datasets.base import TARGETS, Clip
+from model_export.datasets.base import TARGETS, Clip, originals
 from model_export.evaluate import CVResult, group_folds
 from model_export.train import TrainConfig
 
@@ -85,7 +85,8 @@ def ridge_cv(
         A :class:`CVResult` named ``Ridge (λ=…)`` with every fold run, and the model fitted on all clips.
     """
     started = time.perf_counter()
-    usable = [c for c in clips if c.clip_id in features]
+    # Augmented variants are a training device of the RNNs; the baseline fits the originals only.
+    usable = [c for c in originals(clips) if c.clip_id in features]
     folds = group_folds([c.group for c in usable], k, fold_seed)
     xs, ys = [], []
     for c in usable:

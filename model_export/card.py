@@ -78,6 +78,7 @@ def build_card(
     cv_source: str | None = None,
     weights_dtype: str = "float32",
     rebuild: str = "make model",
+    comparisons: Sequence[tuple[str, str, Mapping[str, Any]]] = (),
 ) -> dict[str, Any]:
     """Collect a model's card facts.
 
@@ -91,6 +92,8 @@ def build_card(
         cv_source: Where that report lives (shown in the card).
         weights_dtype: How the weights are stored in the file.
         rebuild: Command that rebuilds the model from the shared data.
+        comparisons: ``(label, source, report)`` of other CV runs to show beside it, e.g. the same
+            preset before a change to the training data (the card's "before and after" table).
 
     Returns:
         A JSON-serialisable dict (stored as ``mer.card``, rendered by :func:`render_markdown`).
@@ -121,6 +124,19 @@ def build_card(
             "this_preset": rows[preset]["metrics"] if preset in rows else None,
         }
     features = contract.features
+    compared = [
+        {
+            "label": label,
+            "source": source,
+            "title": report.get("title"),
+            "notes": report.get("notes"),
+            "rows": [
+                {"model": f"{label}: {r['model']}", "folds": r["folds"], "metrics": r["metrics"]}
+                for r in report.get("rows", [])
+            ],
+        }
+        for label, source, report in comparisons
+    ]
     return {
         "model_name": model_name,
         "model_version": model_version,
@@ -147,8 +163,10 @@ def build_card(
             "best_epoch": best_epoch,
             "epochs_run": len(history),
             "best_val_mse": best_val,
+            "augmentation": dict(checkpoint_meta.get("augmentation") or {}),
         },
         "cross_validation": cv,
+        "comparisons": compared,
         "weights_dtype": weights_dtype,
         "known_limits": list(KNOWN_LIMITS),
         "licences": list(LICENCES),
@@ -173,6 +191,16 @@ def _metric_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{cell('valence', 'mae')} | {row['folds']} |"
         )
     return lines
+
+
+def _augmentation_line(aug: Mapping[str, Any]) -> str:
+    if not aug.get("per_piece"):
+        return "- No augmentation: each piece was rendered once."
+    return (
+        f"- Augmentation: {aug['per_piece']} extra rendition(s) per piece "
+        f"({aug.get('variant_clips')} variant clips, seed {aug.get('seed')}, recipe version "
+        f"{aug.get('version')}); changes {aug.get('changes')}; {aug.get('policy')}."
+    )
 
 
 def render_markdown(card: Mapping[str, Any]) -> str:
@@ -213,6 +241,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"(patience {cfg.get('patience')}, min delta {cfg.get('min_delta')}) on a held-out "
         f"{cfg.get('val_fraction')} of the pieces; best epoch {training['best_epoch']} of "
         f"{training['epochs_run']}, validation MSE {training['best_val_mse']:.4f}.",
+        _augmentation_line(training.get("augmentation") or {}),
         "",
         "## Evaluation",
         "",
@@ -229,6 +258,18 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         ]
     else:
         lines.append("No cross-validation report was given to the export.")
+    compared = card.get("comparisons") or []
+    if compared:
+        lines += [
+            "",
+            "### Before and after",
+            "",
+            "The same protocol on the same folds with other training inputs; each row names its run.",
+            "",
+            *_metric_rows([row for c in compared for row in c["rows"]]),
+            "",
+        ]
+        lines += [f"- {c['label']}: `{c['source']}` ({c.get('title')})." for c in compared]
     lines += ["", "## Known limits", ""]
     lines += [f"- {item}" for item in card["known_limits"]]
     lines += ["", "## Licences", ""]

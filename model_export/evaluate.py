@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import kendalltau
 
-from model_export.datasets.base import Clip
+from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.train import (
     TrainConfig,
     make_sequences,
@@ -109,12 +109,14 @@ def cv_run_key(
     fold_seed: int,
     clips: Sequence[Clip],
     features: Mapping[str, FloatArray],
+    variants: Sequence[Clip] = (),
 ) -> str:
     """Key of a CV run's stored folds: everything a fold's predictions depend on.
 
     The feature and target values are included (another analysis rate or re-rendered audio keeps the
-    clip ids but must not reuse old folds). The torch thread count is not: it changes speed, and at
-    most the last bits of float reductions, not what a fold learns.
+    clip ids but must not reuse old folds), and so are augmented variants when there are any (a run
+    without them keeps the key it had before variants existed). The torch thread count is not: it
+    changes speed, and at most the last bits of float reductions, not what a fold learns.
     """
     settings = {key: value for key, value in cfg.to_dict().items() if key != "threads"}
     digest = hashlib.sha256(
@@ -125,6 +127,9 @@ def cv_run_key(
     for c in clips:
         digest.update(np.ascontiguousarray(features[c.clip_id]).tobytes())
         digest.update(np.ascontiguousarray(c.targets).tobytes())
+    for c in variants:
+        digest.update(f"variant {c.clip_id} of {c.variant_of}".encode())
+        digest.update(np.ascontiguousarray(features[c.clip_id]).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -143,7 +148,9 @@ def cross_validate(
     Args:
         name: Row name in the report.
         cfg: Training configuration.
-        clips: Labelled clips (those without features are skipped).
+        clips: Labelled clips (those without features are skipped). Augmented variants
+            (``variant_of`` set) never form folds: they join their original's training part only
+            (see ``model_export.train``).
         features: Raw features by clip id (from the feature cache).
         k: Folds.
         folds_to_run: Run only the first N folds (for expensive ablations); the report says so.
@@ -156,9 +163,14 @@ def cross_validate(
         Pooled predictions of the folds that ran; ``seconds`` sums the training time of every fold,
         also of folds restored from ``state_dir``.
     """
-    usable = [c for c in clips if c.clip_id in features]
+    usable = [c for c in originals(clips) if c.clip_id in features]
+    variants = {
+        cid: [v for v in vs if v.clip_id in features] for cid, vs in variants_by_original(clips).items()
+    }
     folds = group_folds([c.group for c in usable], k, fold_seed)
-    run_key = cv_run_key(name, cfg, k, fold_seed, usable, features)
+    run_key = cv_run_key(
+        name, cfg, k, fold_seed, usable, features, [v for vs in variants.values() for v in vs]
+    )
     seconds = 0.0
     ids: list[str] = []
     preds: list[FloatArray] = []
@@ -196,6 +208,9 @@ def cross_validate(
             targs(train_ids),
             feats(val_ids),
             targs(val_ids),
+            train_variants=[
+                [features[v.clip_id] for v in variants.get(usable[i].clip_id, [])] for i in train_ids
+            ],
         )
         test_seqs = make_sequences(feats(test_idx), targs(test_idx), result.normaliser, cfg.targets)
         fold_preds = predict(result.model, test_seqs)

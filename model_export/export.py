@@ -142,6 +142,7 @@ def save_checkpoint(
     history: Sequence[Mapping[str, float]] = (),
     best_epoch: int = 0,
     clips: int = 0,
+    augmentation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint :func:`load_checkpoint` reads (and ``export_checkpoint`` exports).
 
@@ -154,6 +155,7 @@ def save_checkpoint(
         history: Per-epoch losses.
         best_epoch: The epoch whose weights these are.
         clips: How many clips the run used.
+        augmentation: How the training data was augmented (for the model card); ``None``: not.
 
     Returns:
         The written path.
@@ -170,6 +172,7 @@ def save_checkpoint(
             "history": [dict(h) for h in history],
             "best_epoch": best_epoch,
             "clips": clips,
+            "augmentation": dict(augmentation or {}),
         },
         out,
     )

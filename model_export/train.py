@@ -9,7 +9,14 @@ sequences by their length times a random factor in [0.9, 1.1], cuts that order i
 shuffles the batches. A batch is padded to its longest sequence; VGMIDI pieces last 35–796 frames,
 so random batches computed 2.2 frames for every real one, bucketed batches about 1.1. Every update still
 sees 10 sequences, batch composition and order change every epoch, and the loss ignores padding.
-``batching = "random"`` draws batches from a plain permutation. Inputs are normalised by
+``batching = "random"`` draws batches from a plain permutation.
+
+Augmented renditions (clips whose ``variant_of`` names a training clip) stand in for their original:
+each epoch, every training piece is presented once, as its original or one of its variants drawn
+uniformly, so an epoch costs what it costs without augmentation. The drawing uses its own random
+stream, so a run without variants is exactly what it was before variants existed. The normaliser's
+statistics cover the originals and the variants (the inputs training sees); validation and test use
+originals only. Inputs are normalised by
 :class:`Normaliser` with statistics of the training part only; the same module sits at the front of
 the exported ONNX graph, so serving normalises exactly as training did.
 """
@@ -282,6 +289,7 @@ def train(
     val_features: Sequence[FloatArray],
     val_targets: Sequence[FloatArray],
     progress: bool = True,
+    train_variants: Sequence[Sequence[FloatArray]] | None = None,
 ) -> TrainResult:
     """Train one model with early stopping on the given validation clips.
 
@@ -292,12 +300,18 @@ def train(
         val_features: Raw features of the validation clips (early stopping only).
         val_targets: Targets of the validation clips.
         progress: Log one line per epoch.
+        train_variants: Per training clip, raw features of its augmented renditions (same labels);
+            see the module docstring. ``None`` or empty lists: no augmentation.
 
     Returns:
         The best model (by validation loss), its normaliser and the loss history.
     """
+    if train_variants is not None and len(train_variants) != len(train_features):
+        raise ValueError("train_variants must have one (possibly empty) list per training clip")
     with fast_cpu_context(cfg.threads or None):
-        return _train(cfg, train_features, train_targets, val_features, val_targets, progress)
+        return _train(
+            cfg, train_features, train_targets, val_features, val_targets, progress, train_variants or []
+        )
 
 
 def _train(
@@ -307,25 +321,35 @@ def _train(
     val_features: Sequence[FloatArray],
     val_targets: Sequence[FloatArray],
     progress: bool,
+    train_variants: Sequence[Sequence[FloatArray]],
 ) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    mean, std = fit_statistics(train_features, cfg.feature_transform)
+    extra = [f for fs in train_variants for f in fs]
+    mean, std = fit_statistics([*train_features, *extra], cfg.feature_transform)
     normaliser = Normaliser(mean, std, cfg.feature_transform, cfg.clip_z)
     train_seqs = make_sequences(train_features, train_targets, normaliser, cfg.targets)
+    # renditions[i]: the original and the variants of training piece i, one drawn per epoch.
+    renditions = [[seq] for seq in train_seqs]
+    for i, fs in enumerate(train_variants):
+        renditions[i].extend(make_sequences(fs, [train_targets[i]] * len(fs), normaliser, cfg.targets))
+    augmented = any(len(r) > 1 for r in renditions)
+    aug_rng = np.random.default_rng([cfg.seed, 0xA06])
     val_seqs = make_sequences(val_features, val_targets, normaliser, cfg.targets)
     model_cfg = cfg.model_config(int(mean.shape[0]))
     model = build_model(model_cfg, seed=cfg.seed)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
-    lengths = [s.x.shape[0] for s in train_seqs]
     history: list[dict[str, float]] = []
     best, best_epoch, best_state, stale = math.inf, 0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         train_se, train_n = 0.0, 0.0
+        if augmented:
+            train_seqs = [r[int(aug_rng.integers(len(r)))] for r in renditions]
+        lengths = [s.x.shape[0] for s in train_seqs]
         for batch in make_batches(lengths, cfg.batch_size, rng, cfg.batching):
             x, y, mask = _pad([train_seqs[j] for j in batch])
             optimiser.zero_grad(set_to_none=True)

@@ -65,3 +65,17 @@ def test_large_penalty_predicts_the_training_mean() -> None:
     clips, feats = _data()
     result, _ = ridge_cv(clips, feats, k=3, lam=1e12)
     assert result.scores()["valence"]["r2"] == pytest.approx(0.0, abs=0.1)
+
+
+def test_augmented_variants_do_not_enter_the_baseline() -> None:
+    clips, feats = _data()
+    plain, _ = ridge_cv(clips, feats, k=3, lam=2.0)
+    variants = [
+        Clip(f"{c.clip_id} ~aug1", c.audio_path, c.targets, group=c.group, variant_of=c.clip_id)
+        for c in clips
+    ]
+    noisy = dict(feats, **{v.clip_id: feats[v.variant_of] * 5.0 for v in variants})
+    with_variants, _ = ridge_cv([*clips, *variants], noisy, k=3, lam=2.0)
+    assert with_variants.clip_ids == plain.clip_ids
+    for a, b in zip(with_variants.predictions, plain.predictions, strict=True):
+        np.testing.assert_array_equal(a, b)

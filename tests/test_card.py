@@ -15,7 +15,7 @@ from tests.test_export import write_checkpoint
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _report(path: Path) -> Path:
+def _report(path: Path, r2a: float = 0.512) -> Path:
     def dims(r2a: float, r2v: float) -> dict[str, dict[str, float]]:
         return {
             "arousal": {"r2": r2a, "tau": 0.21, "mae": 0.18},
@@ -31,7 +31,7 @@ def _report(path: Path) -> Path:
                 "folds": "3/10",
                 "clips": 60,
                 "frames": 900,
-                "metrics": dims(0.512, 0.031),
+                "metrics": dims(r2a, 0.031),
             },
             {
                 "model": "LSTM_NAT_400",
@@ -68,7 +68,38 @@ def test_card_collects_contract_training_and_cv_facts(tmp_path: Path) -> None:
     assert "research" in md
     assert "openSMILE" in md
     assert "3/10" in md
+    assert "No augmentation" in md
+    assert card["comparisons"] == []
     json.dumps(card)  # serialisable as the metadata entry
+
+
+def test_card_states_the_augmentation_and_before_after_runs(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "m.pt")
+    model, contract, meta = load_checkpoint(tmp_path / "m.pt")
+    meta["augmentation"] = {
+        "per_piece": 2,
+        "variant_clips": 360,
+        "seed": 0,
+        "version": 1,
+        "changes": "soundfont TimGM6mb; hall reverb",
+        "policy": "one rendition per piece and epoch",
+    }
+    before = load_report(_report(tmp_path / "before.json", r2a=0.301))
+    card = build_card(
+        model_name="mer",
+        model_version="1.1.0",
+        contract=contract,
+        checkpoint_meta=meta,
+        model_config=model.config.to_dict(),
+        comparisons=[("no level policy", "docs/before/report.json", before)],
+    )
+    md = render_markdown(card)
+    assert "2 extra rendition(s) per piece (360 variant clips" in md
+    assert "soundfont TimGM6mb; hall reverb" in md
+    assert "### Before and after" in md
+    assert "| no level policy: LSTM_AT_400 | 0.301 | 0.031 |" in md
+    assert "| no level policy: LSTM_NAT_400 | 0.470 |" in md
+    assert "`docs/before/report.json`" in md
 
 
 def test_load_report_refuses_other_json(tmp_path: Path) -> None:
@@ -83,13 +114,18 @@ def test_export_cli_writes_the_card_into_the_model_and_beside_it(tmp_path: Path)
     out, card_md = tmp_path / "model.onnx", tmp_path / "model.md"
     argv = ["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out), "--name", "mer"]
     argv += ["--version", "2.0.0", "--cv-report", str(report), "--card", str(card_md), "--fp16"]
-    assert main(argv) == 0
+    before = _report(tmp_path / "before.json", r2a=0.25)
+    with pytest.raises(SystemExit, match="LABEL=REPORT"):
+        main([*argv, "--compare", str(before)])
+    assert main([*argv, "--compare", f"before={before}"]) == 0
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     card = json.loads(meta[CARD_KEY])
     assert card["model_version"] == "2.0.0"
     assert card["weights_dtype"] == "float16"
     # The Markdown is rendered from exactly the dict stored in the model.
     assert card_md.read_text() == render_markdown(card)
+    assert card["comparisons"][0]["rows"][0]["metrics"]["arousal"]["r2"] == pytest.approx(0.25)
+    assert "| before: LSTM_AT_400 | 0.250 |" in card_md.read_text()
     metrics = json.loads(meta["mer.metrics"])
     assert metrics["cv_folds"] == "3/10"
     assert metrics["cv"]["valence"]["r2"] == pytest.approx(0.031)

@@ -198,12 +198,21 @@ def test_setup_installs_with_apt_when_missing(monkeypatch: pytest.MonkeyPatch) -
     calls: list[list[str]] = []
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
     monkeypatch.setattr(vgmidi, "find_soundfont", lambda: None)
+    monkeypatch.setattr(vgmidi, "ALT_SOUNDFONT", Path("/nonexistent/TimGM6mb.sf2"))
     monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setattr("subprocess.run", lambda cmd, **kw: calls.append(cmd))
     vgmidi.setup()
     assert calls == [
         ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", "fluidsynth", "fluid-soundfont-gm"],
+        [
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "fluidsynth",
+            "fluid-soundfont-gm",
+            "timgm6mb-soundfont",
+        ],
     ]
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(RuntimeError, match="apt-get install"):
@@ -247,3 +256,149 @@ def test_render_reports_fluidsynth_failure(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a midi file")
     with pytest.raises(RuntimeError, match="fluidsynth failed"):
         vgmidi.render(bogus, tmp_path / "out.wav")
+
+
+def test_variations_are_seeded_per_piece_and_never_the_identity() -> None:
+    a = vgmidi.draw_variations("a.mid", 50, seed=0)
+    assert a == vgmidi.draw_variations("a.mid", 50, seed=0)
+    assert a != vgmidi.draw_variations("b.mid", 50, seed=0)
+    assert a != vgmidi.draw_variations("a.mid", 50, seed=1)
+    assert vgmidi.draw_variations("a.mid", 3) == a[:3]  # adding renditions keeps the earlier ones
+    assert not any(v.is_identity for v in a)
+    assert vgmidi.Variation().is_identity
+    assert vgmidi.Variation().describe() == "plain"
+    # Each change is drawn: all four kinds occur, and their SNRs stay within the documented range.
+    assert any(v.soundfont == vgmidi.ALT_SOUNDFONT for v in a)
+    assert {v.program for v in a} == {None, *vgmidi.AUGMENT_PROGRAMS}
+    assert any(v.hall_reverb for v in a)
+    assert not all(v.hall_reverb for v in a)
+    snrs = [v.noise_snr_db for v in a if v.noise_snr_db is not None]
+    assert snrs
+    assert all(vgmidi.NOISE_SNR_DB[0] <= s <= vgmidi.NOISE_SNR_DB[1] for s in snrs)
+    v = vgmidi.Variation(soundfont=vgmidi.ALT_SOUNDFONT, program=4, hall_reverb=True, noise_snr_db=31.4)
+    assert v.describe() == "TimGM6mb+program4+hall+snr31dB"
+
+
+def test_set_program_changes_melodic_channels_only(root: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src.mid"
+    mid = mido.MidiFile(type=1, ticks_per_beat=96)
+    melodic, drums, silent = mido.MidiTrack(), mido.MidiTrack(), mido.MidiTrack()
+    melodic.append(mido.Message("program_change", channel=0, program=0, time=0))
+    melodic.append(mido.Message("note_on", channel=0, note=60, velocity=80, time=0))
+    melodic.append(mido.Message("note_on", channel=1, note=64, velocity=70, time=0))  # default program
+    melodic.append(mido.Message("note_off", channel=0, note=60, velocity=0, time=96))
+    drums.append(mido.Message("program_change", channel=9, program=0, time=0))
+    drums.append(mido.Message("note_on", channel=9, note=36, velocity=100, time=0))
+    mid.tracks += [melodic, drums, silent]
+    mid.save(str(src))
+    out = tmp_path / "out.mid"
+    vgmidi.set_program(src, out, 4)
+    changes = [
+        (m.channel, m.program)
+        for t in mido.MidiFile(str(out)).tracks
+        for m in t
+        if m.type == "program_change"
+    ]
+    assert sorted(set(changes)) == [(0, 4), (1, 4), (9, 0)]
+    notes = [m for t in mido.MidiFile(str(out)).tracks for m in t if m.type in ("note_on", "note_off")]
+    original = [m for t in mid.tracks for m in t if m.type in ("note_on", "note_off")]
+    assert notes == original  # notes, velocities and timing untouched
+    with pytest.raises(ValueError, match=r"0\.\.127"):
+        vgmidi.set_program(src, out, 128)
+
+
+def test_pink_noise_at_the_requested_snr() -> None:
+    rng = np.random.default_rng(0)
+    x = np.stack([np.sin(np.arange(48_000) * 0.05), 0.5 * np.sin(np.arange(48_000) * 0.07)], axis=1)
+    y = vgmidi.add_noise(x, 30.0, seed=3)
+    noise = y - x
+    snr = 10 * np.log10(np.mean(np.square(x)) / np.mean(np.square(noise)))
+    assert snr == pytest.approx(30.0, abs=0.01)
+    assert not np.allclose(noise[:, 0], noise[:, 1])  # independent per channel
+    np.testing.assert_array_equal(y, vgmidi.add_noise(x, 30.0, seed=3))
+    # 1/f: each octave holds about the same power, so the low octave is far above white noise's share.
+    spec = np.abs(np.fft.rfft(vgmidi.pink_noise(1 << 16, rng))) ** 2
+    low, high = spec[64:128].sum(), spec[16_384:32_768].sum()
+    assert low / high == pytest.approx(1.0, rel=0.3)
+    silent = np.zeros((100, 2))
+    np.testing.assert_array_equal(vgmidi.add_noise(silent, 30.0, seed=0), silent)
+
+
+needs_alt_soundfont = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not vgmidi.ALT_SOUNDFONT.is_file(),
+    reason="fluidsynth and timgm6mb-soundfont not installed (CI installs them; see vgmidi.setup)",
+)
+
+
+@needs_alt_soundfont
+def test_augmented_renditions_share_labels_and_group(root: Path, tmp_path: Path) -> None:
+    clips = vgmidi.load(root, tmp_path, sample_rate=16_000, workers=2, augment=2)
+    plain = [c for c in clips if not c.variant_of]
+    variants = [c for c in clips if c.variant_of]
+    assert len(plain) == 3
+    assert len(variants) == 6
+    by_id = {c.clip_id: c for c in plain}
+    for v in variants:
+        original = by_id[v.variant_of]
+        assert v.clip_id.startswith(original.clip_id + " ~aug")
+        assert v.group == original.group
+        np.testing.assert_array_equal(v.targets, original.targets[: v.num_frames])
+        assert v.num_frames == original.num_frames  # renders are padded to the labelled span
+        assert v.audio_path.parent != original.audio_path.parent  # a folder of their own
+        a, sr = sf.read(str(original.audio_path))
+        b, _ = sf.read(str(v.audio_path))
+        n = min(len(a), len(b))
+        assert np.mean(np.abs(a[:n] - b[:n])) > 1e-3  # really another rendition
+        assert pyloudnorm.Meter(sr).integrated_loudness(b) == pytest.approx(-14.0, abs=0.5)
+    # The same draw on a second call: nothing re-rendered.
+    stamps = {c.audio_path: c.audio_path.stat().st_mtime_ns for c in clips}
+    again = vgmidi.load(root, tmp_path, sample_rate=16_000, workers=2, augment=2)
+    assert {c.audio_path: c.audio_path.stat().st_mtime_ns for c in again} == stamps
+    with pytest.raises(ValueError, match="augment"):
+        vgmidi.load(root, tmp_path, sample_rate=16_000, augment=-1)
+
+
+@needs_alt_soundfont
+def test_each_variation_changes_the_rendition(root: Path, tmp_path: Path) -> None:
+    midi = root / "midi" / MIDI_B
+    renders = {}
+    for name, var in {
+        "plain": vgmidi.Variation(),
+        "font": vgmidi.Variation(soundfont=vgmidi.ALT_SOUNDFONT),
+        "program": vgmidi.Variation(program=4),
+        "hall": vgmidi.Variation(hall_reverb=True),
+    }.items():
+        out = tmp_path / f"{name}.flac"
+        vgmidi.render_to_cache(vgmidi.RenderJob(midi, out, 15.0, var), sample_rate=16_000)
+        renders[name], _ = sf.read(str(out))
+    for name in ("font", "program", "hall"):
+        n = min(len(renders[name]), len(renders["plain"]))
+        assert np.mean(np.abs(renders[name][:n] - renders["plain"][:n])) > 1e-3, name
+    # Reverb lengthens the decay: more energy in the quiet tail after the last note (14.4 s).
+    tail = slice(int(14.45 * 16_000), int(14.9 * 16_000))
+    assert np.mean(np.square(renders["hall"][tail])) > 2 * np.mean(np.square(renders["plain"][tail]))
+
+
+@needs_alt_soundfont
+def test_cli_train_with_augmentation_records_it_in_the_checkpoint(root: Path, tmp_path: Path) -> None:
+    from model_export.__main__ import main
+    from model_export.export import load_checkpoint
+    from model_export.train import validation_split
+
+    out = tmp_path / "m.pt"
+    argv = ["train", "--dataset", "vgmidi", "--root", str(root), "--cache", str(tmp_path), "--rate", "16000"]
+    argv += ["--option", "augment=1", "--epochs", "1", "--threads", "1", "--workers", "2", "--out", str(out)]
+    argv += ["--model-option", "hidden_sizes=[8]", "--model-option", "attention_window=4"]
+    assert main(argv) == 0
+    _, _, meta = load_checkpoint(out)
+    aug = meta["augmentation"]
+    # Three clips in two groups: one group is held out for early stopping, the other trains with
+    # one variant per clip; the validation group's variants are not used.
+    clips = [c for c in vgmidi.load(root, tmp_path / "vgmidi", sample_rate=16_000) if not c.variant_of]
+    train_idx, val_idx = validation_split([c.group for c in clips], 0.1, 0)
+    assert val_idx
+    assert aug["variant_clips"] == len(train_idx)
+    assert aug["per_piece"] == 1
+    assert aug["version"] == vgmidi.AUGMENT_VERSION
+    assert "TimGM6mb" in aug["changes"]
+    assert meta["clips"] == 3  # originals only

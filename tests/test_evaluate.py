@@ -149,3 +149,39 @@ def test_cli_train_then_export_gives_a_servable_model(tmp_path: Path) -> None:
     FeatureExtractor(predictor.contract.features).check_contract(predictor.contract)
     assert predictor.contract == contract
     assert predictor.predict(np.zeros((3, contract.num_features), np.float32)).shape == (3, 2)
+
+
+def test_variants_train_with_their_original_only_and_never_form_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clips, feats = _data()
+    variants = [
+        Clip(f"{c.clip_id} ~aug1", c.audio_path, c.targets, group=c.group, variant_of=c.clip_id)
+        for c in clips
+    ]
+    feats_aug = dict(feats, **{v.clip_id: feats[v.variant_of] + 0.5 for v in variants})
+    plain_key = ev.cv_run_key("m", CFG, 3, 0, clips, feats)
+    assert ev.cv_run_key("m", CFG, 3, 0, clips, feats_aug, variants) != plain_key
+    assert ev.cv_run_key("m", CFG, 3, 0, clips, feats_aug, []) == plain_key  # old folds stay valid
+
+    plain = ev.cross_validate("m", CFG, clips, feats, k=3)
+    seen: list[tuple[list[int], int]] = []
+    real_train = ev.train  # type: ignore[attr-defined]
+
+    def recording_train(cfg: TrainConfig, tf: list[np.ndarray], *args: object, **kw: object) -> object:
+        tv = kw["train_variants"]
+        assert isinstance(tv, list)
+        assert len(tv) == len(tf)
+        for original, vs in zip(tf, tv, strict=True):
+            assert len(vs) == 1
+            np.testing.assert_array_equal(vs[0], original + 0.5)  # each piece gets its own variant
+        seen.append(([t.shape[0] for t in tf], len(tv)))
+        return real_train(cfg, tf, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ev, "train", recording_train)
+    res = ev.cross_validate("m", CFG, [*clips, *variants], feats_aug, k=3, state_dir=tmp_path)
+    assert sorted(res.clip_ids) == sorted(c.clip_id for c in clips)  # variants are never tested
+    assert len(seen) == 3
+    # The same folds: each clip is tested in the same fold as without variants.
+    assert res.clip_ids == plain.clip_ids
+    assert len(list(tmp_path.glob("m_*_fold*.npz"))) == 3

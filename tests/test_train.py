@@ -181,3 +181,35 @@ def test_log1p_is_accurate_for_tiny_and_huge_values_in_torch_and_onnx(tmp_path: 
     (onnx_out,) = session.run(None, {"u": u})
     # Plain Log(1 + u) would give 0 for u < 6e-8: a relative error of 1.
     np.testing.assert_allclose(onnx_out, want, rtol=2e-7 * 4, atol=0)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_variants_stand_in_for_their_original_during_training() -> None:
+    feats, targs = _toy(30, 0)
+    vf, vt = _toy(5, 1)
+    cfg = _cfg(epochs=4)
+    plain = train(cfg, feats, targs, vf, vt, progress=False)
+    # No variants, or variants identical to the originals, train exactly the run without them:
+    # the renditions are drawn from a random stream of their own, and the batches do not change.
+    none = train(cfg, feats, targs, vf, vt, progress=False, train_variants=[[] for _ in feats])
+    assert _same_weights(plain.model, none.model)
+    copies = train(cfg, feats, targs, vf, vt, progress=False, train_variants=[[f.copy()] for f in feats])
+    assert _same_weights(plain.model, copies.model)
+    # Time-reversed variants have the same frames, hence the same statistics, but other sequences:
+    # training differs only because they are presented in place of the originals.
+    reversed_ = [[f[::-1].copy()] for f in feats]
+    flipped = train(cfg, feats, targs, vf, vt, progress=False, train_variants=reversed_)
+    torch.testing.assert_close(flipped.normaliser.mean, plain.normaliser.mean)
+    assert not _same_weights(plain.model, flipped.model)
+    # Statistics cover the variants' frames too (the inputs training sees).
+    scaled = [[(f * 3.0).astype(np.float32)] for f in feats]
+    res = train(_cfg(epochs=1), feats, targs, vf, vt, progress=False, train_variants=scaled)
+    expected, _ = fit_statistics([*feats, *(v[0] for v in scaled)], "none")
+    np.testing.assert_allclose(res.normaliser.mean.numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="one"):
+        train(cfg, feats, targs, vf, vt, progress=False, train_variants=[[]])

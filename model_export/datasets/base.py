@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ class Clip:
             covering ``[offset_s + 0.5 k, offset_s + 0.5 k + 0.5)`` s of the audio file.
         offset_s: Where frame 0 starts in the audio file, in seconds.
         group: Cross-validation group (song/piece): folds never split a group.
+        variant_of: For an augmented rendition, the ``clip_id`` of the original clip whose labels it
+            shares; empty for an original. Variants only ever join their original in training.
     """
 
     clip_id: str
@@ -30,6 +33,7 @@ class Clip:
     targets: npt.NDArray[np.float32]
     offset_s: float = 0.0
     group: str = ""
+    variant_of: str = ""
 
     def __post_init__(self) -> None:
         t = np.asarray(self.targets, dtype=np.float32)
@@ -45,3 +49,17 @@ class Clip:
     def num_frames(self) -> int:
         """Number of labelled frames T."""
         return int(self.targets.shape[0])
+
+
+def originals(clips: Sequence[Clip]) -> list[Clip]:
+    """The clips that are not augmented variants of another."""
+    return [c for c in clips if not c.variant_of]
+
+
+def variants_by_original(clips: Sequence[Clip]) -> dict[str, list[Clip]]:
+    """Augmented variants grouped by the id of their original clip, in input order."""
+    out: dict[str, list[Clip]] = {}
+    for c in clips:
+        if c.variant_of:
+            out.setdefault(c.variant_of, []).append(c)
+    return out

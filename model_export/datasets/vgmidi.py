@@ -45,6 +45,16 @@ look-ahead peak limiter holding samples under ``peak_dbfs``. Renders are stereo 
 cache folder outside git (default ``<repo>/cache/vgmidi/<soundfont>_<rate>hz_<target>lufs/``),
 written atomically, rendered in parallel and skipped when already present, so an interrupted run
 resumes. Never commit them.
+
+Augmentation (``augment=K``): each piece is also rendered K more times, each time with a seeded random
+draw of label-preserving changes (:class:`Variation`): another General MIDI soundfont (TimGM6mb, Debian
+``timgm6mb-soundfont``), another keyboard program (bright acoustic or electric piano), a hall reverb
+instead of fluidsynth's small default room, and pink noise 25–40 dB below the music. None of them
+changes a note, its timing or its velocity, which is what the listeners' arousal and valence follow; a
+draw that changes nothing is drawn again. The variant clips carry the original's labels and group and
+name it in ``variant_of``; training draws one rendition of each piece per epoch, and validation and
+test use only the originals (see ``model_export.train``). A random gain is not among the changes: the
+feature path's level policy scales every input to the same level first, so a gain would change nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -87,6 +98,25 @@ QUARTERS_PER_MEASURE = 4
 #: MIDI's default tempo (120 BPM) in microseconds per quarter note, until the first set_tempo.
 DEFAULT_TEMPO = 500_000
 APT_PACKAGES = ("fluidsynth", "fluid-soundfont-gm")
+#: Second soundfont, for augmentation only (Debian ``timgm6mb-soundfont``, 6 MB).
+AUGMENT_APT_PACKAGES = ("timgm6mb-soundfont",)
+ALT_SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+#: Keyboard programs an augmented rendition may use instead of the file's own (GM numbering from 0):
+#: bright acoustic piano and electric piano 1, whose loudness follows note velocity as a piano's does.
+AUGMENT_PROGRAMS = (1, 4)
+#: fluidsynth reverb settings of a "hall" variation (its defaults: room-size 0.2, damp 0, width 0.5,
+#: level 0.9); the per-channel send (CC 91) stays the file's own.
+HALL_REVERB = {
+    "synth.reverb.room-size": 0.8,
+    "synth.reverb.damp": 0.3,
+    "synth.reverb.width": 1.0,
+    "synth.reverb.level": 1.0,
+}
+#: Signal-to-noise ratios a noisy variation draws from (dB, uniform).
+NOISE_SNR_DB = (25.0, 40.0)
+#: Bump when :func:`draw_variations` or :func:`render_variation` change, so stale renders are not reused.
+AUGMENT_VERSION = 1
+MIDI_DRUM_CHANNEL = 9
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/default-GM.sf2"),
@@ -342,7 +372,9 @@ def find_soundfont() -> Path | None:
 
 
 def setup(*, update: bool = True) -> None:
-    """Install ``fluidsynth`` and ``fluid-soundfont-gm`` with apt-get if either is missing.
+    """Install ``fluidsynth``, ``fluid-soundfont-gm`` and ``timgm6mb-soundfont`` where missing.
+
+    The second soundfont is only used by augmentation (:class:`Variation`).
 
     Args:
         update: Run ``apt-get update`` first (needed on a fresh machine).
@@ -357,6 +389,8 @@ def setup(*, update: bool = True) -> None:
         missing.append("fluidsynth")
     if find_soundfont() is None:
         missing.append("fluid-soundfont-gm")
+    if not ALT_SOUNDFONT.is_file():
+        missing.extend(AUGMENT_APT_PACKAGES)
     if not missing:
         return
     hint = "apt-get install -y --no-install-recommends " + " ".join(missing)
@@ -373,6 +407,124 @@ def setup(*, update: bool = True) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Variation:
+    """Label-preserving changes to one rendition (all off: the plain render).
+
+    Attributes:
+        soundfont: Soundfont to use instead of the default one.
+        program: GM program (0–127) for every melodic channel instead of the file's.
+        hall_reverb: fluidsynth's reverb set to :data:`HALL_REVERB`.
+        noise_snr_db: Pink noise this many dB below the render's RMS, added before loudness
+            normalisation.
+        noise_seed: Seed of that noise.
+    """
+
+    soundfont: Path | None = None
+    program: int | None = None
+    hall_reverb: bool = False
+    noise_snr_db: float | None = None
+    noise_seed: int = 0
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether this changes nothing."""
+        return (
+            self.soundfont is None
+            and self.program is None
+            and not self.hall_reverb
+            and self.noise_snr_db is None
+        )
+
+    def describe(self) -> str:
+        """Short text such as ``TimGM6mb+program4+hall+snr31dB`` (``plain`` for the identity)."""
+        parts = []
+        if self.soundfont is not None:
+            parts.append(self.soundfont.stem)
+        if self.program is not None:
+            parts.append(f"program{self.program}")
+        if self.hall_reverb:
+            parts.append("hall")
+        if self.noise_snr_db is not None:
+            parts.append(f"snr{self.noise_snr_db:.0f}dB")
+        return "+".join(parts) or "plain"
+
+
+def draw_variations(piece_name: str, count: int, seed: int = 0) -> list[Variation]:
+    """``count`` random, non-identity variations of one piece, the same on every run.
+
+    Each change is drawn independently with probability 1/2 (the program from
+    :data:`AUGMENT_PROGRAMS`, the SNR uniformly from :data:`NOISE_SNR_DB`); an identity draw is drawn
+    again. The random stream depends only on ``seed``, the piece's name and the variation's index.
+    """
+    out = []
+    for k in range(count):
+        rng = np.random.default_rng([seed, zlib.crc32(piece_name.encode()), k])
+        while True:
+            snr = float(rng.uniform(*NOISE_SNR_DB))
+            v = Variation(
+                soundfont=ALT_SOUNDFONT if rng.random() < 0.5 else None,
+                program=int(rng.choice(AUGMENT_PROGRAMS)) if rng.random() < 0.5 else None,
+                hall_reverb=bool(rng.random() < 0.5),
+                noise_snr_db=snr if rng.random() < 0.5 else None,
+                noise_seed=int(rng.integers(2**31)),
+            )
+            if not v.is_identity:
+                out.append(v)
+                break
+    return out
+
+
+def set_program(midi_path: Path, out_path: Path, program: int) -> None:
+    """Write a copy of a MIDI file whose melodic channels all play GM ``program``.
+
+    Every program change on a melodic channel is rewritten, and one is inserted at time 0 for each
+    channel that plays notes, so channels that relied on the default program change as well. The
+    drum channel is left alone.
+    """
+    if not 0 <= program <= 127:
+        raise ValueError(f"GM program must be in 0..127, got {program}")
+    mid = mido.MidiFile(str(midi_path))
+    used: set[int] = set()
+    for track in mid.tracks:
+        for i, msg in enumerate(track):
+            if msg.type == "program_change" and msg.channel != MIDI_DRUM_CHANNEL:
+                track[i] = msg.copy(program=program)
+            elif msg.type == "note_on" and msg.channel != MIDI_DRUM_CHANNEL:
+                used.add(msg.channel)
+    if mid.tracks:
+        first = mid.tracks[0]
+        for ch in sorted(used, reverse=True):
+            first.insert(0, mido.Message("program_change", channel=ch, program=program, time=0))
+    mid.save(str(out_path))
+
+
+def pink_noise(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """``n`` samples of unit-RMS pink (1/f power) noise, shaped in the frequency domain."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    k = np.arange(spectrum.shape[0], dtype=np.float64)
+    k[0] = 1.0
+    spectrum /= np.sqrt(k)
+    spectrum[0] = 0.0
+    y = np.fft.irfft(spectrum, n)
+    rms = float(np.sqrt(np.mean(np.square(y)))) if n else 0.0
+    return y / rms if rms > 0 else y
+
+
+def add_noise(x: npt.NDArray[np.float64], snr_db: float, seed: int) -> npt.NDArray[np.float64]:
+    """``x`` plus pink noise ``snr_db`` below its RMS (independent noise on each channel)."""
+    rms = float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+    if rms == 0.0:
+        return x
+    rng = np.random.default_rng(seed)
+    scale = rms * 10.0 ** (-snr_db / 20.0)
+    if x.ndim == 1:
+        noise = pink_noise(x.shape[0], rng)
+    else:
+        noise = np.stack([pink_noise(x.shape[0], rng) for _ in range(x.shape[1])], axis=1)
+    return np.asarray(x + scale * noise)
+
+
 def render(
     midi_path: Path,
     out_wav: Path,
@@ -380,6 +532,7 @@ def render(
     soundfont: Path | None = None,
     *,
     gain: float = RENDER_GAIN,
+    settings: dict[str, float] | None = None,
     timeout_s: float = 900.0,
 ) -> None:
     """Render a MIDI file to a 32-bit float stereo WAV with the ``fluidsynth`` CLI, as is.
@@ -393,6 +546,7 @@ def render(
         sample_rate: Output rate in Hz.
         soundfont: ``.sf2`` file; the first of :data:`SOUNDFONT_CANDIDATES` found if not given.
         gain: fluidsynth master gain (0–10).
+        settings: Extra fluidsynth settings (``-o name=value``), e.g. :data:`HALL_REVERB`.
         timeout_s: Give up on a render that takes longer.
 
     Raises:
@@ -409,6 +563,7 @@ def render(
         "-q",
         "-g",
         f"{gain:g}",
+        *(arg for name, value in (settings or {}).items() for arg in ("-o", f"{name}={value:g}")),
         "-r",
         str(sample_rate),
         "-T",
@@ -552,11 +707,13 @@ class RenderJob:
         midi_path: MIDI file.
         out_path: FLAC file to write.
         min_duration_s: Zero-pad the render to at least this length.
+        variation: Label-preserving changes (augmentation); the plain render by default.
     """
 
     midi_path: Path
     out_path: Path
     min_duration_s: float = 0.0
+    variation: Variation = Variation()
 
 
 @dataclass(frozen=True)
@@ -598,14 +755,27 @@ def render_to_cache(
     """
     start = time.perf_counter()
     job.out_path.parent.mkdir(parents=True, exist_ok=True)
+    var = job.variation
     with tempfile.TemporaryDirectory(dir=job.out_path.parent, prefix=".render-") as tmp:
         raw_path = Path(tmp) / "raw.wav"
-        render(job.midi_path, raw_path, sample_rate, soundfont)
+        midi_path = job.midi_path
+        if var.program is not None:
+            midi_path = Path(tmp) / "program.mid"
+            set_program(job.midi_path, midi_path, var.program)
+        render(
+            midi_path,
+            raw_path,
+            sample_rate,
+            var.soundfont or soundfont,
+            settings=HALL_REVERB if var.hall_reverb else None,
+        )
         raw, rate = sf.read(str(raw_path), dtype="float64", always_2d=True)
         short = round(job.min_duration_s * rate) - raw.shape[0]
         if short > 0:
             # The tool's timeline can outlast the notes by a little; silence is what was heard there.
             raw = np.concatenate([raw, np.zeros((short, raw.shape[1]))])
+        if var.noise_snr_db is not None:
+            raw = add_noise(raw, var.noise_snr_db, var.noise_seed)
         out, report = normalise_loudness(raw, rate, target_lufs, peak_dbfs)
         part = Path(tmp) / "out.flac"
         sf.write(str(part), out, rate, format="FLAC", subtype="PCM_16")
@@ -641,6 +811,12 @@ def render_many(
     todo = [j for j in jobs if not j.out_path.is_file()]
     if not todo:
         return []
+    alt = sorted({str(j.variation.soundfont) for j in todo if j.variation.soundfont is not None})
+    if any(not Path(f).is_file() for f in alt):
+        raise RuntimeError(
+            f"augmented renders need the soundfonts {alt}; call model_export.datasets.vgmidi.setup() "
+            "as root, or apt-get install " + " ".join(AUGMENT_APT_PACKAGES)
+        )
     if shutil.which("fluidsynth") is None or (soundfont or find_soundfont()) is None:
         raise RuntimeError(
             "fluidsynth and a GM soundfont are needed to render VGMIDI; call "
@@ -701,6 +877,8 @@ def load(
     peak_dbfs: float = -1.0,
     soundfont: Path | None = None,
     workers: int | None = None,
+    augment: int = 0,
+    augment_seed: int = 0,
 ) -> list[Clip]:
     """Load VGMIDI's labelled pieces as clips of rendered, loudness-normalised audio.
 
@@ -715,10 +893,14 @@ def load(
         peak_dbfs: Sample-peak ceiling of the renders.
         soundfont: ``.sf2`` file (default: :func:`find_soundfont`).
         workers: Render processes (default: all cores).
+        augment: Augmented renditions per piece (see the module docs); 0 for none.
+        augment_seed: Seed of the augmentations drawn.
 
     Returns:
         One clip per annotated piece and round (``offset_s = 0``); ``clip_id`` is the MIDI file's
         stem (suffixed with the round if a MIDI was annotated twice), ``group`` the MIDI file name.
+        With ``augment=K``, each is followed by K variant clips ``<clip_id> ~augK`` whose
+        ``variant_of`` is the original's id.
 
     Raises:
         FileNotFoundError: if an annotation file is missing.
@@ -753,9 +935,19 @@ def load(
         plans.append((piece, bounds, job))
     if missing_midi:
         log.warning("VGMIDI: %d pieces skipped, MIDI file missing: %s", len(missing_midi), missing_midi[:10])
+    if augment < 0:
+        raise ValueError(f"augment must be >= 0, got {augment}")
+    aug_folder = folder.with_name(f"{folder.name}_aug{AUGMENT_VERSION}_seed{augment_seed}")
+    aug_jobs: dict[str, list[RenderJob]] = {}
+    for midi, job in jobs.items():
+        stem = names[midi].removesuffix(".flac")
+        aug_jobs[midi] = [
+            RenderJob(job.midi_path, aug_folder / f"{stem}~{k + 1}.flac", job.min_duration_s, v)
+            for k, v in enumerate(draw_variations(midi, augment, augment_seed))
+        ]
     if render_audio:
         results = render_many(
-            list(jobs.values()),
+            list(jobs.values()) + [j for js in aug_jobs.values() for j in js],
             sample_rate=sample_rate,
             soundfont=soundfont,
             target_lufs=target_lufs,
@@ -776,6 +968,19 @@ def load(
         stem = Path(piece.midi).stem
         clip_id = stem if midi_count[piece.midi] == 1 else f"{stem} [{piece.key.split('/')[0]}]"
         clips.append(Clip(clip_id=clip_id, audio_path=job.out_path, targets=targets, group=piece.midi))
+        for k, aug in enumerate(aug_jobs[piece.midi], start=1):
+            aug_targets = targets[: frames_in_audio(aug.out_path, 0.0) or 0] if render_audio else targets
+            if aug_targets.shape[0] == 0:
+                continue
+            clips.append(
+                Clip(
+                    clip_id=f"{clip_id} ~aug{k}",
+                    audio_path=aug.out_path,
+                    targets=aug_targets,
+                    group=piece.midi,
+                    variant_of=clip_id,
+                )
+            )
     return clips
 
 
