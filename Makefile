@@ -13,7 +13,7 @@ VGMIDI ?= ../shared/data/vgmidi
 RATE ?= 16000
 MODEL_PRESET ?= LSTM_AT_400
 MODEL_NAME ?= vgmidi-lstm-at-400
-MODEL_VERSION ?= 1.0.0
+MODEL_VERSION ?= 1.0.1
 CV_OUT ?= docs/results/vgmidi_16k
 CV_FOLDS_TO_RUN ?= 10
 CHECKPOINT ?= cache/checkpoints/default.pt
@@ -67,6 +67,8 @@ model: $(VENV)/.dev
 		--preset $(MODEL_PRESET) --out $(CHECKPOINT)
 	$(BIN)/python -m model_export export --checkpoint $(CHECKPOINT) --out models/default.onnx --fp16 \
 		--name $(MODEL_NAME) --version $(MODEL_VERSION) --cv-report $(CV_OUT)/report.json \
+		--compare "before: no level policy=docs/results/vgmidi_16k_level_none/report.json" \
+		--compare "level policy + augment=2 (not shipped)=docs/results/vgmidi_16k_augmented/report.json" \
 		--card models/default.md
 
 clean:

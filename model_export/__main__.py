@@ -192,8 +192,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
                 state_dir=None if args.no_resume else args.cache / "cv",
             )
         )
+    n_variants = sum(1 for c in clips if c.variant_of and c.clip_id in feats)
+    augmented = f" + {n_variants} augmented renditions, in training parts only" if n_variants else ""
     notes = (
-        f"Dataset `{args.dataset}` ({len(feats)} clips), analysis rate {args.rate} Hz, "
+        f"Dataset `{args.dataset}` ({len(feats) - n_variants} clips{augmented}), "
+        f"analysis rate {args.rate} Hz, "
         f"{args.folds}-fold CV grouped by piece; metrics on pooled out-of-fold predictions. "
         f"Command: `python -m model_export {' '.join(sys.argv[1:])}`"
     )
@@ -284,6 +287,11 @@ def _augmentation_meta(args: argparse.Namespace, variant_clips: int) -> dict[str
         meta.update(
             per_piece=int(options["augment"]),
             seed=int(options.get("augment_seed", 0)),
+            excluded=sorted(
+                {options["augment_exclude"]}
+                if isinstance(options.get("augment_exclude"), str)
+                else set(options.get("augment_exclude", []))
+            ),
             version=vgmidi.AUGMENT_VERSION,
             changes=(
                 f"each drawn with probability 1/2, at least one: soundfont {vgmidi.ALT_SOUNDFONT.stem}; "
@@ -306,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = load_report(args.cv_report) if args.cv_report is not None else None
     comparisons = []
     for item in args.compare:
-        label, sep, path = item.partition("=")
+        label, sep, path = item.rpartition("=")  # labels may contain "=", report paths rarely do
         if not sep or not label or not path:
             raise SystemExit(f"--compare expects LABEL=REPORT.json, got {item!r}")
         comparisons.append((label, _display_path(Path(path)), load_report(Path(path))))

@@ -199,7 +199,9 @@ def _augmentation_line(aug: Mapping[str, Any]) -> str:
     return (
         f"- Augmentation: {aug['per_piece']} extra rendition(s) per piece "
         f"({aug.get('variant_clips')} variant clips, seed {aug.get('seed')}, recipe version "
-        f"{aug.get('version')}); changes {aug.get('changes')}; {aug.get('policy')}."
+        f"{aug.get('version')}); changes {aug.get('changes')}"
+        + (f" (renditions applying {', '.join(aug['excluded'])} left out)" if aug.get("excluded") else "")
+        + f"; {aug.get('policy')}."
     )
 
 

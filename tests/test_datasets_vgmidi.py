@@ -266,6 +266,8 @@ def test_variations_are_seeded_per_piece_and_never_the_identity() -> None:
     assert vgmidi.draw_variations("a.mid", 3) == a[:3]  # adding renditions keeps the earlier ones
     assert not any(v.is_identity for v in a)
     assert vgmidi.Variation().is_identity
+    assert vgmidi.Variation().changes == frozenset()
+    assert vgmidi.Variation(hall_reverb=True, noise_snr_db=30.0).changes == {"reverb", "noise"}
     assert vgmidi.Variation().describe() == "plain"
     # Each change is drawn: all four kinds occur, and their SNRs stay within the documented range.
     assert any(v.soundfont == vgmidi.ALT_SOUNDFONT for v in a)
@@ -356,6 +358,26 @@ def test_augmented_renditions_share_labels_and_group(root: Path, tmp_path: Path)
     assert {c.audio_path: c.audio_path.stat().st_mtime_ns for c in again} == stamps
     with pytest.raises(ValueError, match="augment"):
         vgmidi.load(root, tmp_path, sample_rate=16_000, augment=-1)
+    # Ablation: leaving a kind of change out drops the renditions that apply it, and keeps the
+    # others as the very same files (nothing re-rendered).
+    for exclude in (["reverb"], "reverb", ["reverb", "soundfont"]):
+        kept = [
+            c
+            for c in vgmidi.load(root, tmp_path, sample_rate=16_000, augment=2, augment_exclude=exclude)
+            if c.variant_of
+        ]
+        names = {exclude} if isinstance(exclude, str) else set(exclude)
+        expected = {
+            (v.clip_id, v.audio_path)
+            for v in variants
+            if not vgmidi.draw_variations(v.group, 2)[int(v.clip_id.rpartition("~aug")[2]) - 1].changes
+            & names
+        }
+        assert {(c.clip_id, c.audio_path) for c in kept} == expected
+        assert 0 < len(kept) < len(variants)  # this fixture's draws: some apply reverb, some do not
+        assert {c.audio_path: c.audio_path.stat().st_mtime_ns for c in kept}.items() <= stamps.items()
+    with pytest.raises(ValueError, match="unknown augment_exclude"):
+        vgmidi.load(root, tmp_path, sample_rate=16_000, augment=2, augment_exclude=["gain"])
 
 
 @needs_alt_soundfont
@@ -401,4 +423,5 @@ def test_cli_train_with_augmentation_records_it_in_the_checkpoint(root: Path, tm
     assert aug["per_piece"] == 1
     assert aug["version"] == vgmidi.AUGMENT_VERSION
     assert "TimGM6mb" in aug["changes"]
+    assert aug["excluded"] == []
     assert meta["clips"] == 3  # originals only

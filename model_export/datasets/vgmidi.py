@@ -117,6 +117,8 @@ NOISE_SNR_DB = (25.0, 40.0)
 #: Bump when :func:`draw_variations` or :func:`render_variation` change, so stale renders are not reused.
 AUGMENT_VERSION = 1
 MIDI_DRUM_CHANNEL = 9
+#: Names of the kinds of change a :class:`Variation` can apply (see ``load(augment_exclude=...)``).
+AUGMENT_CHANGES = ("soundfont", "program", "reverb", "noise")
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/default-GM.sf2"),
@@ -425,6 +427,17 @@ class Variation:
     hall_reverb: bool = False
     noise_snr_db: float | None = None
     noise_seed: int = 0
+
+    @property
+    def changes(self) -> frozenset[str]:
+        """Which of :data:`AUGMENT_CHANGES` this variation applies."""
+        on = {
+            "soundfont": self.soundfont is not None,
+            "program": self.program is not None,
+            "reverb": self.hall_reverb,
+            "noise": self.noise_snr_db is not None,
+        }
+        return frozenset(name for name, applied in on.items() if applied)
 
     @property
     def is_identity(self) -> bool:
@@ -879,6 +892,7 @@ def load(
     workers: int | None = None,
     augment: int = 0,
     augment_seed: int = 0,
+    augment_exclude: Sequence[str] = (),
 ) -> list[Clip]:
     """Load VGMIDI's labelled pieces as clips of rendered, loudness-normalised audio.
 
@@ -895,6 +909,9 @@ def load(
         workers: Render processes (default: all cores).
         augment: Augmented renditions per piece (see the module docs); 0 for none.
         augment_seed: Seed of the augmentations drawn.
+        augment_exclude: Kinds of change (names from :data:`AUGMENT_CHANGES`) to leave out, for
+            ablations: renditions whose draw applies one of them are dropped, the others are the
+            same files as without the exclusion, so a piece keeps 0 to ``augment`` variants.
 
     Returns:
         One clip per annotated piece and round (``offset_s = 0``); ``clip_id`` is the MIDI file's
@@ -937,6 +954,11 @@ def load(
         log.warning("VGMIDI: %d pieces skipped, MIDI file missing: %s", len(missing_midi), missing_midi[:10])
     if augment < 0:
         raise ValueError(f"augment must be >= 0, got {augment}")
+    # A single name from the command line (``--option augment_exclude=noise``) arrives as a string.
+    excluded = {augment_exclude} if isinstance(augment_exclude, str) else set(augment_exclude)
+    unknown = excluded - set(AUGMENT_CHANGES)
+    if unknown:
+        raise ValueError(f"unknown augment_exclude {sorted(unknown)}; known: {list(AUGMENT_CHANGES)}")
     aug_folder = folder.with_name(f"{folder.name}_aug{AUGMENT_VERSION}_seed{augment_seed}")
     aug_jobs: dict[str, list[RenderJob]] = {}
     for midi, job in jobs.items():
@@ -944,6 +966,7 @@ def load(
         aug_jobs[midi] = [
             RenderJob(job.midi_path, aug_folder / f"{stem}~{k + 1}.flac", job.min_duration_s, v)
             for k, v in enumerate(draw_variations(midi, augment, augment_seed))
+            if not v.changes & excluded
         ]
     if render_audio:
         results = render_many(
@@ -968,10 +991,11 @@ def load(
         stem = Path(piece.midi).stem
         clip_id = stem if midi_count[piece.midi] == 1 else f"{stem} [{piece.key.split('/')[0]}]"
         clips.append(Clip(clip_id=clip_id, audio_path=job.out_path, targets=targets, group=piece.midi))
-        for k, aug in enumerate(aug_jobs[piece.midi], start=1):
+        for aug in aug_jobs[piece.midi]:
             aug_targets = targets[: frames_in_audio(aug.out_path, 0.0) or 0] if render_audio else targets
             if aug_targets.shape[0] == 0:
                 continue
+            k = aug.out_path.stem.rpartition("~")[2]  # the draw's index, also when some are excluded
             clips.append(
                 Clip(
                     clip_id=f"{clip_id} ~aug{k}",
