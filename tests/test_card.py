@@ -46,19 +46,25 @@ def _report(path: Path, r2a: float = 0.512) -> Path:
     return path
 
 
-def test_card_collects_contract_training_and_cv_facts(tmp_path: Path) -> None:
+def _card(tmp_path: Path, meta_update: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """The card of a small real checkpoint, with ``meta_update`` merged into its metadata."""
     write_checkpoint(tmp_path / "m.pt")
     model, contract, meta = load_checkpoint(tmp_path / "m.pt")
-    card = build_card(
+    meta.update(meta_update or {})
+    return build_card(
         model_name="mer",
         model_version="1.0.0",
         contract=contract,
         checkpoint_meta=meta,
         model_config=model.config.to_dict(),
-        cv_report=load_report(_report(tmp_path / "report.json")),
-        cv_source="docs/results/report.json",
+        **kw,
     )
-    assert card["features"]["level_policy"] == contract.features.level_policy
+
+
+def test_card_collects_contract_training_and_cv_facts(tmp_path: Path) -> None:
+    report = load_report(_report(tmp_path / "report.json"))
+    card = _card(tmp_path, cv_report=report, cv_source="docs/results/report.json")
+    assert card["features"]["level_policy"] == "gated-rms"
     assert card["features"]["analysis_rate_hz"] == 16_000
     assert card["training"]["best_epoch"] == 2
     assert card["training"]["best_val_mse"] == pytest.approx(0.12)
@@ -74,28 +80,24 @@ def test_card_collects_contract_training_and_cv_facts(tmp_path: Path) -> None:
 
 
 def test_card_states_the_augmentation_and_before_after_runs(tmp_path: Path) -> None:
-    write_checkpoint(tmp_path / "m.pt")
-    model, contract, meta = load_checkpoint(tmp_path / "m.pt")
-    meta["augmentation"] = {
+    augmentation = {
         "per_piece": 2,
         "variant_clips": 360,
         "seed": 0,
         "version": 1,
         "changes": "soundfont TimGM6mb; hall reverb",
+        "excluded": ["noise"],
         "policy": "one rendition per piece and epoch",
     }
     before = load_report(_report(tmp_path / "before.json", r2a=0.301))
-    card = build_card(
-        model_name="mer",
-        model_version="1.1.0",
-        contract=contract,
-        checkpoint_meta=meta,
-        model_config=model.config.to_dict(),
+    card = _card(
+        tmp_path,
+        {"augmentation": augmentation},
         comparisons=[("no level policy", "docs/before/report.json", before)],
     )
     md = render_markdown(card)
     assert "2 extra rendition(s) per piece (360 variant clips" in md
-    assert "soundfont TimGM6mb; hall reverb" in md
+    assert "soundfont TimGM6mb; hall reverb (renditions applying noise left out)" in md
     assert "### Before and after" in md
     assert "| no level policy: LSTM_AT_400 | 0.301 | 0.031 |" in md
     assert "| no level policy: LSTM_NAT_400 | 0.470 |" in md
