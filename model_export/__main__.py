@@ -285,21 +285,11 @@ def _augmentation_meta(args: argparse.Namespace, variant_clips: int) -> dict[str
         from model_export.datasets import vgmidi
 
         meta.update(
-            per_piece=int(options["augment"]),
-            seed=int(options.get("augment_seed", 0)),
-            excluded=sorted(
-                {options["augment_exclude"]}
-                if isinstance(options.get("augment_exclude"), str)
-                else set(options.get("augment_exclude", []))
-            ),
-            version=vgmidi.AUGMENT_VERSION,
-            changes=(
-                f"each drawn with probability 1/2, at least one: soundfont {vgmidi.ALT_SOUNDFONT.stem}; "
-                f"GM program {' or '.join(map(str, vgmidi.AUGMENT_PROGRAMS))} on melodic channels; "
-                f"fluidsynth hall reverb {vgmidi.HALL_REVERB}; pink noise at "
-                f"{vgmidi.NOISE_SNR_DB[0]:g}-{vgmidi.NOISE_SNR_DB[1]:g} dB SNR"
-            ),
-            policy="one rendition of each training piece drawn uniformly per epoch; validation on originals",
+            vgmidi.augmentation_facts(
+                int(options["augment"]),
+                int(options.get("augment_seed", 0)),
+                options.get("augment_exclude", ()),
+            )
         )
     return meta
 

@@ -488,6 +488,36 @@ def draw_variations(piece_name: str, count: int, seed: int = 0) -> list[Variatio
     return out
 
 
+def excluded_changes(names: str | Sequence[str]) -> frozenset[str]:
+    """Validated kinds of change to leave out (a single name, as ``--option`` passes it, or a list).
+
+    Raises:
+        ValueError: for a name not in :data:`AUGMENT_CHANGES`.
+    """
+    excluded = frozenset([names] if isinstance(names, str) else names)
+    unknown = excluded - set(AUGMENT_CHANGES)
+    if unknown:
+        raise ValueError(f"unknown augment_exclude {sorted(unknown)}; known: {list(AUGMENT_CHANGES)}")
+    return excluded
+
+
+def augmentation_facts(per_piece: int, seed: int = 0, exclude: str | Sequence[str] = ()) -> dict[str, object]:
+    """What a model card should say about ``load(augment=per_piece, ...)``: settings and changes."""
+    return {
+        "per_piece": per_piece,
+        "seed": seed,
+        "excluded": sorted(excluded_changes(exclude)),
+        "version": AUGMENT_VERSION,
+        "changes": (
+            f"each drawn with probability 1/2, at least one: soundfont {ALT_SOUNDFONT.stem}; "
+            f"GM program {' or '.join(map(str, AUGMENT_PROGRAMS))} on melodic channels; "
+            f"fluidsynth hall reverb {HALL_REVERB}; pink noise at "
+            f"{NOISE_SNR_DB[0]:g}-{NOISE_SNR_DB[1]:g} dB SNR"
+        ),
+        "policy": "one rendition of each training piece drawn uniformly per epoch; validation on originals",
+    }
+
+
 def set_program(midi_path: Path, out_path: Path, program: int) -> None:
     """Write a copy of a MIDI file whose melodic channels all play GM ``program``.
 
@@ -954,11 +984,7 @@ def load(
         log.warning("VGMIDI: %d pieces skipped, MIDI file missing: %s", len(missing_midi), missing_midi[:10])
     if augment < 0:
         raise ValueError(f"augment must be >= 0, got {augment}")
-    # A single name from the command line (``--option augment_exclude=noise``) arrives as a string.
-    excluded = {augment_exclude} if isinstance(augment_exclude, str) else set(augment_exclude)
-    unknown = excluded - set(AUGMENT_CHANGES)
-    if unknown:
-        raise ValueError(f"unknown augment_exclude {sorted(unknown)}; known: {list(AUGMENT_CHANGES)}")
+    excluded = excluded_changes(augment_exclude)
     aug_folder = folder.with_name(f"{folder.name}_aug{AUGMENT_VERSION}_seed{augment_seed}")
     aug_jobs: dict[str, list[RenderJob]] = {}
     for midi, job in jobs.items():
