@@ -3,7 +3,7 @@
 What is measured, per analysis rate and clip duration, on deterministic synthetic music (harmonic
 notes with onsets, chords, loudness changes and a little noise; mono float32):
 
-* ``one-pass``: :meth:`app.features.FeatureExtractor.extract`, i.e. ComParE_2016 functionals of every
+* ``one-pass``: :meth:`app.core.features.FeatureExtractor.extract`, i.e. ComParE_2016 functionals of every
   complete 500 ms window in a single openSMILE run (``frameMode = fixed``).
 * ``naive``: one stock ``opensmile.Smile(ComParE_2016, Functionals).process_signal`` call per 500 ms
   window, each call given only that window's samples (functionals over the whole input).
@@ -42,13 +42,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-import numpy.typing as npt
 import opensmile
 
-from app.contract import FeatureConfig
-from app.features import FeatureExtractor, opensmile_version
-
-FloatArray = npt.NDArray[np.float32]
+from app.core.contract import FeatureConfig
+from app.core.features import FeatureExtractor, opensmile_version
+from app.core.types import FloatArray
 
 #: Expectations checked by the verdict line.
 EXPECTED_RTF_44K = 18.0

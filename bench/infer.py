@@ -77,30 +77,18 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from app.contract import FeatureConfig, ModelContract
-    from model_export.export import ExportModule, export_checkpoint, sample_raw_features, save_checkpoint
-    from model_export.model import NUM_COMPARE_FEATURES
-    from model_export.train import TrainConfig
+    from app.core.contract import NUM_COMPARE_FEATURES
+    from model_export.export import ExportModule, export_checkpoint, sample_raw_features
+    from model_export.testing import write_checkpoint
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     f = NUM_COMPARE_FEATURES
-    contract = ModelContract(
-        features=FeatureConfig(sample_rate=16_000),
-        num_features=f,
-        feature_names_sha256="0" * 64,
-        opensmile_version="2.6.0",
-        norm_mean=(rng.standard_normal(f) * 3).astype(np.float32),
-        norm_std=(rng.random(f) * 2 + 0.1).astype(np.float32),
-    )
-    cfg = TrainConfig(preset=args.preset)
-    model_cfg = cfg.model_config(f)
-    from model_export.model import build_model
-
-    model = build_model(model_cfg, seed=0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, onnx_path = Path(tmp) / "m.pt", Path(tmp) / "m.onnx"
-        save_checkpoint(ckpt, model, contract, cfg.to_dict(), dataset="random-weights")
+        # The full preset with seeded random weights: speed does not depend on what was learnt.
+        model, contract = write_checkpoint(ckpt, preset=args.preset, overrides={})
+        model_cfg = model.config
         export_checkpoint(ckpt, onnx_path, model_name=args.preset, model_version="bench")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -14,7 +14,7 @@ each at concurrency 1, 4 and 16 (``--concurrency``), ``--requests`` requests per
 mean inference batch per cell comes from the server's own ``/metrics``.
 
 References measured in the same run, before the server starts: the bare pipeline's extraction alone
-(``app.features`` on the 30 s clip from one thread per core) and the ``Predictor`` alone at its best
+(``app.core.features`` on the 30 s clip from one thread per core) and the ``Predictor`` alone at its best
 batch (1, 4 or 16 clips per call, ``intra_op_threads`` = 0). After the main cells the server is started
 again with ``MER_MAX_BATCH=1`` (dynamic batching off) and the routes run once more at the highest
 concurrency. The table is followed by ratios: npy vs JSON throughput, each route's highest
@@ -46,6 +46,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from model_export.testing import export_tiny_model, synth_music  # noqa: E402 - after the path set-up
 
 ROUTES = ("predict", "features-json", "features-npy")
 CLIP_S = 30.0
@@ -82,52 +84,6 @@ class Cell:
     def percentile_ms(self, q: float) -> float:
         """Latency percentile of the successful requests, milliseconds."""
         return float(np.percentile(self.latencies_s, q) * 1000) if self.latencies_s else float("nan")
-
-
-def music(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
-    """Harmonic notes with onsets, decay and slow loudness changes, plus a little noise (mono float32)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * sample_rate)
-    t = np.arange(n) / sample_rate
-    out = np.zeros(n)
-    for start in np.arange(0.0, seconds, 0.25):
-        i0, i1 = int(start * sample_rate), min(n, int((start + 0.4) * sample_rate))
-        f0 = 110.0 * 2 ** (rng.integers(0, 36) / 12)
-        tt = t[i0:i1] - start
-        env = np.exp(-tt * 6.0) * (1 - np.exp(-tt * 400.0))
-        for h in range(1, 6):
-            out[i0:i1] += env * np.sin(2 * np.pi * f0 * h * tt) / h
-    out = out * (0.15 + 0.1 * np.sin(2 * np.pi * t / 7.0)) + 0.003 * rng.standard_normal(n)
-    return np.clip(out, -1, 1).astype(np.float32)
-
-
-def export_tiny_model(directory: Path) -> Path:
-    """Export an untrained tiny model (hidden 4, the real 6373-wide input) the service accepts."""
-    import torch
-
-    from app.contract import FeatureConfig, ModelContract
-    from app.features import FeatureExtractor, opensmile_version
-    from model_export.export import export_checkpoint, save_checkpoint
-    from model_export.model import NUM_COMPARE_FEATURES, build_model
-    from model_export.train import TrainConfig
-
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    features = FeatureConfig(sample_rate=SAMPLE_RATE)
-    f = NUM_COMPARE_FEATURES
-    contract = ModelContract(
-        features=features,
-        num_features=f,
-        feature_names_sha256=FeatureExtractor(features).feature_names_sha256,
-        opensmile_version=opensmile_version(),
-        norm_mean=(rng.standard_normal(f) * 3).astype(np.float32),
-        norm_std=(rng.random(f) * 2 + 0.1).astype(np.float32),
-    )
-    cfg = TrainConfig(preset="LSTM_AT_400", model_overrides={"hidden_sizes": [4], "attention_window": 4})
-    model_cfg = cfg.model_config(f)
-    model = build_model(model_cfg, seed=0).eval()
-    ckpt = save_checkpoint(directory / "tiny.pt", model, contract, cfg.to_dict(), dataset="random-weights")
-    return export_checkpoint(ckpt, directory / "tiny.onnx", model_name="tiny-bench", model_version="0")
 
 
 def free_port() -> int:
@@ -210,10 +166,10 @@ async def run_cell(
 def bodies() -> dict[str, Body]:
     import soundfile as sf
 
-    from app.contract import FeatureConfig
-    from app.features import FeatureExtractor
+    from app.core.contract import FeatureConfig
+    from app.core.features import FeatureExtractor
 
-    signal = music(CLIP_S, SAMPLE_RATE)
+    signal = synth_music(CLIP_S, SAMPLE_RATE)
     wav = io.BytesIO()
     sf.write(wav, signal, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     upload = httpx.Request("POST", "http://x/", files={"file": ("clip.wav", wav.getvalue(), "audio/wav")})
@@ -233,8 +189,8 @@ def bare_extraction(signal: np.ndarray, count: int) -> float:
     """Audio seconds extracted per wall second, ``count`` clips over one thread per core."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from app.contract import FeatureConfig
-    from app.features import FeatureExtractor
+    from app.core.contract import FeatureConfig
+    from app.core.features import FeatureExtractor
 
     extractor = FeatureExtractor(FeatureConfig(sample_rate=SAMPLE_RATE))
     extractor.extract(signal[:SAMPLE_RATE])  # warm-up
@@ -247,7 +203,7 @@ def bare_extraction(signal: np.ndarray, count: int) -> float:
 
 def bare_inference(model: Path, features: np.ndarray, seconds: float) -> tuple[float, int]:
     """(clips per second, batch) of the predictor alone at its best batch size."""
-    from app.predictor import Predictor
+    from app.core.predictor import Predictor
 
     predictor = Predictor.load(model, providers="cpu", intra_op_threads=0)
     best = (0.0, 1)
@@ -337,10 +293,10 @@ def main() -> int:
         model = args.model
         if not model.is_file():
             print(f"{model} does not exist: exporting a tiny model with random weights", file=sys.stderr)
-            model = export_tiny_model(Path(tmp))
+            model = export_tiny_model(Path(tmp), name="tiny-bench", version="0")
         requests = bodies()
         sizes = {name: len(body.content) for name, body in requests.items()}
-        signal = music(CLIP_S, SAMPLE_RATE)
+        signal = synth_music(CLIP_S, SAMPLE_RATE)
         features = np.load(io.BytesIO(requests["features-npy"].content))
         references = {"extraction_audio_s": bare_extraction(signal, 2 * (os.cpu_count() or 1))}
         clips_per_s, batch = bare_inference(model, features, seconds=min(3.0, args.cell_seconds))

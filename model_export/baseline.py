@@ -16,27 +16,27 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from app.contract import transform_features
-from model_export.datasets.base import TARGETS, Clip, originals
+from app.core.audio import decode
+from app.core.contract import OUTPUTS, transform_features
+from app.core.features import FeatureExtractor
+from app.core.types import Float64Array, FloatArray
+from model_export.datasets.base import Clip, originals
 from model_export.evaluate import CVResult, group_folds
 from model_export.train import TrainConfig
-
-FloatArray = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
 class RidgeModel:
     """A fitted ridge map: ``((transform(x) - mean) / std) @ weights + bias``, clipped to [-1, 1]."""
 
-    mean: F64
-    std: F64
-    weights: F64
-    bias: F64
+    mean: Float64Array
+    std: Float64Array
+    weights: Float64Array
+    bias: Float64Array
     transform: str
 
     def predict(self, features: FloatArray) -> FloatArray:
@@ -45,10 +45,10 @@ class RidgeModel:
         return np.clip(z @ self.weights + self.bias, -1.0, 1.0).astype(np.float32)
 
 
-_Stats = tuple[F64, F64, F64, F64, int]
+_Stats = tuple[Float64Array, Float64Array, Float64Array, Float64Array, int]
 
 
-def _solve(parts: Sequence[_Stats], centre: F64, lam: float, transform: str) -> RidgeModel:
+def _solve(parts: Sequence[_Stats], centre: Float64Array, lam: float, transform: str) -> RidgeModel:
     gram = np.sum([p[0] for p in parts], axis=0)
     s, xty = np.sum([p[1] for p in parts], axis=0), np.sum([p[2] for p in parts], axis=0)
     ysum, n = np.sum([p[3] for p in parts], axis=0), sum(p[4] for p in parts)
@@ -100,8 +100,8 @@ def ridge_cv(
     stats: list[_Stats] = []
     for fold in folds:
         gram = np.zeros((width, width), dtype=np.float64)
-        s, xty = np.zeros(width), np.zeros((width, len(TARGETS)))
-        ysum, n = np.zeros(len(TARGETS)), 0
+        s, xty = np.zeros(width), np.zeros((width, len(OUTPUTS)))
+        ysum, n = np.zeros(len(OUTPUTS)), 0
         for i in fold:
             xc = xs[i] - centre32
             gram += xc.T @ xc
@@ -129,3 +129,30 @@ def ridge_cv(
         epochs=[],
     )
     return result, _solve(stats, centre, lam, transform)
+
+
+#: Input levels of :func:`level_sensitivity`, dBFS RMS.
+SENSITIVITY_LEVELS_DBFS = (-30.0, -20.0, -10.0)
+
+
+def level_sensitivity(model: RidgeModel, clip: Clip, extractor: FeatureExtractor) -> dict[str, Any]:
+    """How much the ridge map's predictions move when one clip is played at other levels.
+
+    The clip's audio is scaled to each of :data:`SENSITIVITY_LEVELS_DBFS` (RMS) and run through the
+    same feature path; with the ``gated-rms`` level policy the predictions barely move.
+
+    Returns:
+        ``{"clip": id, "mean_abs_change_arousal_valence": {"-30 vs -20 dBFS": [dA, dV], ...}}``.
+    """
+    audio = decode(clip.audio_path, extractor.config.sample_rate)
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    preds = {}
+    for dbfs in SENSITIVITY_LEVELS_DBFS:
+        scaled = (audio * (10 ** (dbfs / 20) / rms)).astype(np.float32)
+        preds[dbfs] = model.predict(extractor.extract(scaled).values)
+    low, mid, high = SENSITIVITY_LEVELS_DBFS
+    shift = {
+        f"{a:g} vs {b:g} dBFS": np.mean(np.abs(preds[a] - preds[b]), axis=0).round(4).tolist()
+        for a, b in ((low, mid), (mid, high), (low, high))
+    }
+    return {"clip": clip.clip_id, "mean_abs_change_arousal_valence": shift}

@@ -16,16 +16,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 from tqdm import tqdm
 
-from app.audio import decode
-from app.features import LOOKAHEAD_S, FeatureExtractor, opensmile_version
+from app.core.audio import decode
+from app.core.features import LOOKAHEAD_S, FeatureExtractor, opensmile_version
+from app.core.types import FloatArray
 from model_export.datasets.base import Clip
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 
 def file_sha256(path: Path) -> str:

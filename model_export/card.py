@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from app.contract import ModelContract
+from app.core.contract import ModelContract
 
 #: Metadata key of the card (JSON) inside the ONNX file.
 CARD_KEY = "mer.card"
@@ -277,6 +277,16 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += ["", "## Licences", ""]
     lines += [f"- {item}" for item in card["licences"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def card_metrics(card: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The card's CV row of the model's own preset, as ``mer.metrics`` stores it (``None`` without one)."""
+    cv = card.get("cross_validation")
+    if not cv or not cv.get("this_preset"):
+        return None
+    rows = {r["model"]: r for r in cv["rows"]}
+    preset = card["architecture"]["preset"]
+    return {"cv": rows[preset]["metrics"], "cv_folds": rows[preset]["folds"]}
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from scipy.stats import kendalltau
 
+from app.core.types import FloatArray
 from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.train import (
     TrainConfig,
@@ -30,8 +30,6 @@ from model_export.train import (
 )
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 
 def group_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[list[int]]:

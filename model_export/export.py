@@ -6,7 +6,7 @@ maps *raw* openSMILE features ``features`` (B, T, F) float32 to ``emotion`` (B, 
 serving feeds the extractor's output as is and the graph normalises it exactly as training did; no
 second implementation of the normalisation exists that could drift.
 
-The file carries its own description in ``metadata_props``: the full :class:`~app.contract.ModelContract`
+The file carries its own description in ``metadata_props``: the full :class:`~app.core.contract.ModelContract`
 (``contract.to_metadata()``) plus ``mer.model_config``, ``mer.train_config``, ``mer.model_name``,
 ``mer.model_version``, ``mer.dataset``, ``mer.metrics``, ``mer.export_date``, ``mer.versions`` and
 ``mer.weights_dtype``. Every export is verified before it is returned: ONNX Runtime with all graph
@@ -32,36 +32,30 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from app.contract import METADATA_PREFIX, ModelContract
-from app.errors import ContractError
-
-# The graph's interface names are defined once, by the side that serves the graph.
-from app.predictor import INPUT_NAME, OUTPUT_NAME
-from model_export.model import EmotionRNN, ModelConfig, build_model, export_onnx
+from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelContract
+from app.core.types import FloatArray
+from model_export.checkpoint import check_model_matches_contract, load_checkpoint
+from model_export.model import EmotionRNN, export_onnx
 from model_export.train import Normaliser
 
 __all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
     "PARITY_TOLERANCE",
     "ExportError",
     "ExportModule",
     "export_checkpoint",
-    "load_checkpoint",
     "verify_onnx",
 ]
 
@@ -74,25 +68,6 @@ VERIFY_SHAPES = tuple((b, t) for t in (1, 2, 61) for b in (1, 3))
 #: Initializers with fewer elements stay float32 under ``fp16=True``: the saving would be nil and the
 #: scalar constants (clip bounds, the attention mask's -1e9) must keep their exact values.
 FP16_MIN_ELEMENTS = 1024
-#: Checkpoint keys written by ``python -m model_export train`` that export needs.
-REQUIRED_CHECKPOINT_KEYS = ("model_config", "state_dict", "contract")
-#: Metadata keys this module writes besides the contract's own.
-EXPORT_KEYS = tuple(
-    METADATA_PREFIX + k
-    for k in (
-        "model_config",
-        "train_config",
-        "model_name",
-        "model_version",
-        "dataset",
-        "metrics",
-        "export_date",
-        "versions",
-        "weights_dtype",
-    )
-)
-
-FloatArray = npt.NDArray[np.float32]
 
 
 class ExportError(RuntimeError):
@@ -113,7 +88,7 @@ class ExportModule(nn.Module):
 
     def __init__(self, model: EmotionRNN, contract: ModelContract) -> None:
         super().__init__()
-        _check_model_matches_contract(model.config, contract)
+        check_model_matches_contract(model.config, contract)
         # Writable copies: the contract's arrays are read-only and torch warns about wrapping those.
         self.normaliser = Normaliser(
             contract.norm_mean.copy(), contract.norm_std.copy(), contract.feature_transform, contract.clip_z
@@ -130,97 +105,6 @@ class ExportModule(nn.Module):
             (B, T, O) in [-1, 1].
         """
         return cast(Tensor, self.model(self.normaliser(x)))
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    model: EmotionRNN,
-    contract: ModelContract,
-    train_config: Mapping[str, Any],
-    *,
-    dataset: str,
-    history: Sequence[Mapping[str, float]] = (),
-    best_epoch: int = 0,
-    clips: int = 0,
-    augmentation: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the checkpoint :func:`load_checkpoint` reads (and ``export_checkpoint`` exports).
-
-    Args:
-        path: The ``.pt`` file to write (parent folders are created).
-        model: The trained model.
-        contract: Its I/O contract.
-        train_config: ``TrainConfig.to_dict()`` of the run.
-        dataset: Name of the training data.
-        history: Per-epoch losses.
-        best_epoch: The epoch whose weights these are.
-        clips: How many clips the run used.
-        augmentation: How the training data was augmented (for the model card); ``None``: not.
-
-    Returns:
-        The written path.
-    """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model_config": model.config.to_dict(),
-            "train_config": dict(train_config),
-            "state_dict": model.state_dict(),
-            "contract": contract.to_metadata(),
-            "dataset": dataset,
-            "history": [dict(h) for h in history],
-            "best_epoch": best_epoch,
-            "clips": clips,
-            "augmentation": dict(augmentation or {}),
-        },
-        out,
-    )
-    return out
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[EmotionRNN, ModelContract, dict[str, Any]]:
-    """Load a checkpoint written by ``python -m model_export train``.
-
-    Args:
-        path: The ``.pt`` file.
-
-    Returns:
-        ``(model, contract, meta)``: the model in eval mode, its validated contract, and every other
-        checkpoint entry (``model_config``, ``train_config``, ``dataset``, ``history``, ``best_epoch``,
-        ``clips``, ... ; not ``state_dict``).
-
-    Raises:
-        ValueError: If required keys are missing or the weights do not fit the model config.
-        ContractError: If the contract is invalid or disagrees with the model or training config.
-    """
-    # weights_only: a checkpoint is plain containers and tensors; never unpickle arbitrary objects.
-    ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a checkpoint dict")
-    missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}")
-    config = ModelConfig.from_dict(ckpt["model_config"])
-    contract = ModelContract.from_metadata(ckpt["contract"])
-    _check_model_matches_contract(config, contract)
-    train_config = ckpt.get("train_config") or {}
-    problems = []
-    if "targets" in train_config and tuple(train_config["targets"]) != contract.outputs:
-        problems.append(f"train_config targets {train_config['targets']} != outputs {contract.outputs}")
-    for key in ("feature_transform", "clip_z"):
-        if key in train_config and train_config[key] != getattr(contract, key):
-            problems.append(f"train_config {key} {train_config[key]!r} != {getattr(contract, key)!r}")
-    if problems:
-        raise ContractError(f"{path}: checkpoint inconsistent with its contract: " + "; ".join(problems))
-    model = build_model(config)
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit {config.name}: {exc}") from exc
-    model.eval()
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    return model, contract, meta
 
 
 def export_checkpoint(
@@ -402,16 +286,6 @@ def sample_raw_features(
     idx = rng.choice(flat.size, size=min(flat.size, 3 * batch * frames), replace=False)
     flat[idx] = rng.choice(np.array([0.0, 1e12, -1e12]), size=idx.size)
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _check_model_matches_contract(config: ModelConfig, contract: ModelContract) -> None:
-    problems = []
-    if config.num_features != contract.num_features:
-        problems.append(f"model input width {config.num_features} != contract {contract.num_features}")
-    if config.num_outputs != len(contract.outputs):
-        problems.append(f"model has {config.num_outputs} outputs, contract names {list(contract.outputs)}")
-    if problems:
-        raise ContractError("model does not match its contract: " + "; ".join(problems))
 
 
 def _checkpoint_metrics(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -57,8 +57,9 @@ import torch
 import torch.nn.functional as func
 from torch import Tensor, nn
 
+from app.core.contract import INPUT_NAME, NUM_COMPARE_FEATURES, OUTPUT_NAME
+
 __all__ = [
-    "NUM_COMPARE_FEATURES",
     "PRESETS",
     "CausalWindowAttention",
     "EmotionRNN",
@@ -69,8 +70,6 @@ __all__ = [
     "from_preset",
 ]
 
-#: Width of a ComParE_2016 functionals row.
-NUM_COMPARE_FEATURES = 6373
 #: Score given to attention slots with no frame behind them (t - d < 0). Finite on purpose: at t = 0
 #: every slot is masked and -inf would make the softmax 0/0 = NaN (in the forward pass and in the
 #: gradient); with a finite value the row is uniform and then zeroed by the mask. Scores are bounded by
@@ -421,8 +420,8 @@ def export_onnx(
     *,
     num_features: int,
     opset: int = 17,
-    input_name: str = "features",
-    output_name: str = "emotion",
+    input_name: str = INPUT_NAME,
+    output_name: str = OUTPUT_NAME,
 ) -> None:
     """Export a (B, T, F) -> (B, T, O) module to ONNX with dynamic batch and time axes.
 

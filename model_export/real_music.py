@@ -4,9 +4,9 @@ The recordings are fetched at run time (``apt-get download`` + ``dpkg-deb -x`` i
 never committed): Muldjord's metal songs for Frets on Fire (``fretsonfire-songs-muldjord``, CC BY-SA;
 each song is a backing track plus a guitar stem, mixed here) and the soundtrack of the adventure game
 Drascula (``drascula-music``; orchestral/ambient game cues). Every track goes through the service's own
-path (``app.audio.decode`` → ``app.features`` → ``app.predictor``), and the report gives per-track mean
-and standard deviation of arousal and valence, trajectories and the tracks on the valence-arousal
-circumplex, so a reader can judge whether the ordering is plausible.
+path (``app.core.audio.decode`` → ``app.core.features`` → ``app.core.predictor``), and the report gives
+per-track mean and standard deviation of arousal and valence, trajectories and the tracks on the
+valence-arousal circumplex, so a reader can judge whether the ordering is plausible.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from app.audio import decode
-from app.features import FeatureExtractor
-from app.predictor import Predictor
+from app.core.audio import decode
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -36,13 +36,11 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from app.contract import FEATURE_TRANSFORMS, transform_features
-from model_export.datasets.base import TARGETS
+from app.core.contract import FEATURE_TRANSFORMS, OUTPUTS, transform_features
+from app.core.types import FloatArray
 from model_export.model import PRESETS, EmotionRNN, ModelConfig, build_model, fast_cpu_context
 
 log = logging.getLogger(__name__)
-
-FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -60,14 +58,14 @@ class TrainConfig:
         val_fraction: Share of the training groups held out for early stopping.
         seed: Seed for weights, shuffling and the validation split.
         threads: torch intra-op threads (0: all cores).
-        feature_transform: Compression before standardisation (see ``app.contract``).
+        feature_transform: Compression before standardisation (see ``app.core.contract``).
         clip_z: Standardised features are clipped to [-clip_z, clip_z].
         model_overrides: Fields of the preset's ``ModelConfig`` to change.
         batching: ``"bucketed"`` (sequences of similar length share a batch) or ``"random"``.
     """
 
     preset: str = "LSTM_AT_400"
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] = OUTPUTS
     epochs: int = 30
     batch_size: int = 10
     lr: float = 1e-3
@@ -102,7 +100,7 @@ class TrainConfig:
 class Normaliser(nn.Module):
     """``clip((transform(x) - mean) / std, -clip_z, clip_z)``: the model's input front.
 
-    The same arithmetic as :meth:`app.contract.ModelContract.normalise`, in torch so that it is part
+    The same arithmetic as :meth:`app.core.contract.ModelContract.normalise`, in torch so that it is part
     of the exported graph.
     """
 
@@ -237,7 +235,7 @@ def _masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torc
 
 def select_targets(targets: FloatArray, names: Sequence[str]) -> FloatArray:
     """The columns of ``(T, 2)`` targets named by ``names`` (e.g. only valence)."""
-    idx = [TARGETS.index(n) for n in names]
+    idx = [OUTPUTS.index(n) for n in names]
     return targets[:, idx]
 
 

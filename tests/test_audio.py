@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app.audio import decode, probe
-from app.errors import (
+from app.core.audio import decode, probe
+from app.core.errors import (
     AudioTooLongError,
     AudioTooShortError,
     CorruptAudioError,
@@ -16,7 +16,7 @@ from app.errors import (
     InvalidRequestError,
     UnsupportedAudioError,
 )
-from tests.conftest import encode, synth_music
+from model_export.testing import encode, synth_music
 
 SR = 16_000
 

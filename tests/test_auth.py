@@ -1,4 +1,4 @@
-"""Tests for the optional API key (app.middleware.ApiKeyMiddleware) on a real server."""
+"""Tests for the optional API key (app.http.middleware.ApiKeyMiddleware) on a real server."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.contract import transform_features
+from app.core.contract import transform_features
 from model_export.baseline import ridge_cv
 from model_export.datasets.base import Clip
 from model_export.evaluate import group_folds

@@ -1,4 +1,4 @@
-"""Tests for app.batching: dynamic batches on a real ONNX model, bounded queues, draining, and via HTTP."""
+"""Tests for app.serving.batcher and app.serving.pool: dynamic batches, bounded queues, draining, HTTP."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
-from app.audio import decode
-from app.batching import DynamicBatcher, WorkerPool
-from app.errors import InvalidFeaturesError, OverloadedError, PayloadTooLargeError, ShuttingDownError
-from app.features import FeatureExtractor
-from app.predictor import Predictor
-from tests.conftest import encode, serving, synth_music
+from app.core.audio import decode
+from app.core.errors import InvalidFeaturesError, OverloadedError, PayloadTooLargeError, ShuttingDownError
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
+from app.serving.batcher import DynamicBatcher
+from app.serving.pool import WorkerPool
+from model_export.testing import encode, synth_music
+from tests.conftest import serving
 
 F = 6373
 

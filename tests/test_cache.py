@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from app.audio import decode
-from app.contract import FeatureConfig
-from app.features import LOOKAHEAD_S, FeatureExtractor
+from app.core.audio import decode
+from app.core.contract import FeatureConfig
+from app.core.features import LOOKAHEAD_S, FeatureExtractor
 from model_export.cache import FeatureCache
 from model_export.datasets.base import Clip
-from tests.conftest import synth_music
+from model_export.testing import synth_music
 
 SR = 16_000
 

@@ -9,8 +9,8 @@ import pytest
 
 from model_export.__main__ import main
 from model_export.card import CARD_KEY, build_card, load_report, render_markdown
-from model_export.export import load_checkpoint
-from tests.test_export import write_checkpoint
+from model_export.checkpoint import load_checkpoint
+from model_export.testing import write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from app.contract import METADATA_PREFIX, FeatureConfig, ModelContract
-from app.errors import ContractError
+from app.core.contract import METADATA_PREFIX, FeatureConfig, ModelContract
+from app.core.errors import ContractError
 
 F = 6373
 

@@ -197,8 +197,8 @@ def test_silence_is_left_alone() -> None:
 def test_setup_installs_with_apt_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[list[str]] = []
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
-    monkeypatch.setattr(vgmidi, "find_soundfont", lambda: None)
-    monkeypatch.setattr(vgmidi, "ALT_SOUNDFONT", Path("/nonexistent/TimGM6mb.sf2"))
+    monkeypatch.setattr(vgmidi.rendering, "find_soundfont", lambda: None)
+    monkeypatch.setattr(vgmidi.rendering, "ALT_SOUNDFONT", Path("/nonexistent/TimGM6mb.sf2"))
     monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setattr("subprocess.run", lambda cmd, **kw: calls.append(cmd))
     vgmidi.setup()
@@ -404,7 +404,7 @@ def test_each_variation_changes_the_rendition(root: Path, tmp_path: Path) -> Non
 @needs_alt_soundfont
 def test_cli_train_with_augmentation_records_it_in_the_checkpoint(root: Path, tmp_path: Path) -> None:
     from model_export.__main__ import main
-    from model_export.export import load_checkpoint
+    from model_export.checkpoint import load_checkpoint
     from model_export.train import validation_split
 
     out = tmp_path / "m.pt"

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from app.features import FeatureExtractor
-from app.predictor import Predictor
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
 from app.settings import DEFAULT_MODEL_PATH
 from model_export.card import CARD_KEY, render_markdown
-from tests.conftest import synth_music
+from model_export.testing import synth_music
 
 CARD_PATH = DEFAULT_MODEL_PATH.with_suffix(".md")
 

@@ -127,9 +127,9 @@ def test_run_key_ignores_thread_count_but_not_settings_or_data() -> None:
 
 
 def test_cli_train_then_export_gives_a_servable_model(tmp_path: Path) -> None:
-    from app.features import FeatureExtractor
-    from app.predictor import Predictor
-    from model_export.export import load_checkpoint
+    from app.core.features import FeatureExtractor
+    from app.core.predictor import Predictor
+    from model_export.checkpoint import load_checkpoint
 
     data = ["--dataset", "synthetic", "--root", str(tmp_path / "data"), "--cache", str(tmp_path / "cache")]
     data += ["--option", "n_clips=6", "--option", "duration_s=4"]

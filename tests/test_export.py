@@ -17,77 +17,24 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from app.contract import FeatureConfig, ModelContract
-from app.errors import ContractError
+from app.core.contract import NUM_COMPARE_FEATURES, ModelContract
+from app.core.errors import ContractError
+from model_export.checkpoint import load_checkpoint
 from model_export.export import (
     ExportError,
     ExportModule,
     export_checkpoint,
-    load_checkpoint,
     sample_raw_features,
     verify_onnx,
 )
-from model_export.model import EmotionRNN, ModelConfig, build_model
-from model_export.train import TrainConfig
+from model_export.model import ModelConfig, build_model
+from model_export.testing import TINY_OVERRIDES, make_contract, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-F = 6373  # the real ComParE_2016 width: ModelContract.validate() insists on it
-#: A tiny model with the real input width: hidden 4 and a 4-frame attention window export in about a
-#: second, and T = 61 / 300 still run far past the window.
-TINY_OVERRIDES: dict[str, Any] = {"hidden_sizes": [4], "attention_window": 4}
+F = NUM_COMPARE_FEATURES  # the real ComParE_2016 width: ModelContract.validate() insists on it
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_contract(outputs: tuple[str, ...] = ("arousal", "valence"), seed: int = 0) -> ModelContract:
-    rng = np.random.default_rng(seed)
-    return ModelContract(
-        features=FeatureConfig(sample_rate=16_000),
-        num_features=F,
-        feature_names_sha256="ab" * 32,
-        opensmile_version="2.6.0",
-        # Statistics of signed_log1p-compressed features: means of a few units, varied spreads.
-        norm_mean=(rng.standard_normal(F) * 3).astype(np.float32),
-        norm_std=(rng.random(F) * 2 + 0.1).astype(np.float32),
-        outputs=outputs,
-    )
-
-
-def write_checkpoint(
-    path: Path,
-    *,
-    preset: str = "LSTM_AT_400",
-    overrides: dict[str, Any] | None = None,
-    seed: int = 0,
-    contract: ModelContract | None = None,
-    replace: dict[str, Any] | None = None,
-) -> tuple[EmotionRNN, ModelContract]:
-    """Write a checkpoint exactly as ``python -m model_export train`` does (untrained weights)."""
-    contract = contract or make_contract()
-    cfg = TrainConfig(
-        preset=preset,
-        model_overrides=dict(TINY_OVERRIDES if overrides is None else overrides),
-        seed=seed,
-    )
-    model_cfg = cfg.model_config(F)
-    model = build_model(model_cfg, seed=seed).eval()
-    ckpt: dict[str, Any] = {
-        "model_config": model_cfg.to_dict(),
-        "train_config": cfg.to_dict(),
-        "state_dict": model.state_dict(),
-        "contract": contract.to_metadata(),
-        "dataset": "synthetic",
-        "history": [
-            {"epoch": 1, "train_mse": 0.2, "val_mse": 0.15, "s": 1.0},
-            {"epoch": 2, "train_mse": 0.1, "val_mse": 0.12, "s": 1.0},
-        ],
-        "best_epoch": 2,
-        "clips": 40,
-    }
-    ckpt.update(replace or {})
-    torch.save(ckpt, path)
-    return model, contract
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
@@ -289,7 +236,7 @@ MEMORY_PROBE = """
 import sys
 import numpy as np
 import psutil
-from app.predictor import Predictor
+from app.core.predictor import Predictor
 
 def peak_rss() -> int:
     with open("/proc/self/status") as f:

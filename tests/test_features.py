@@ -6,9 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app.contract import FeatureConfig, ModelContract, transform_features
-from app.errors import AudioTooShortError, ContractError, CorruptAudioError
-from app.features import (
+from app.core.contract import FeatureConfig, ModelContract, transform_features
+from app.core.errors import AudioTooShortError, ContractError, CorruptAudioError
+from app.core.features import (
     FeatureExtractor,
     gated_level_dbfs,
     level_gain_db,
@@ -44,7 +44,7 @@ def test_frame_policy_shape_and_timing(
 
 
 def test_44k_analysis_rate_gives_the_same_grid() -> None:
-    from tests.conftest import synth_music
+    from model_export.testing import synth_music
 
     fx = FeatureExtractor(FeatureConfig(sample_rate=44_100))
     feats = fx.extract(synth_music(30.0, 44_100))

@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import encode, serving, synth_music
+from model_export.testing import encode, synth_music
+from tests.conftest import serving
 
 F = 6373
 LIMIT_BYTES = 1_000_000

@@ -9,7 +9,8 @@ import numpy as np
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import export_tiny_model, running_server, running_uvicorn
+from model_export.testing import export_tiny_model
+from tests.conftest import running_server, running_uvicorn
 
 
 def test_live_without_a_model_and_not_ready(tmp_path: Path) -> None:
@@ -23,14 +24,6 @@ def test_live_without_a_model_and_not_ready(tmp_path: Path) -> None:
         body = ready.json()
         assert body["error"]["code"] == "model_not_ready"
         assert str(missing) in body["error"]["message"]
-
-
-def test_settings_come_from_prefixed_environment(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("MER_MODEL_PATH", str(tmp_path / "m.onnx"))
-    monkeypatch.setenv("MER_MAX_DURATION_S", "12.5")
-    s = Settings()
-    assert s.model_path == tmp_path / "m.onnx"
-    assert s.max_duration_s == 12.5
 
 
 def test_ready_once_a_valid_model_is_loaded_and_warmed_up(served_model: Path) -> None:

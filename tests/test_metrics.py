@@ -1,4 +1,4 @@
-"""Tests for app.metrics and its middleware: what /metrics shows after real traffic."""
+"""Tests for app.serving.metrics and its middleware: what /metrics shows after real traffic."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.metrics import ServiceMetrics
+from app.serving.metrics import ServiceMetrics
 from app.settings import Settings
-from tests.conftest import encode, running_server, serving, synth_music
+from model_export.testing import encode, synth_music
+from tests.conftest import running_server, serving
 
 F = 6373
 

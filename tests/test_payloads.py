@@ -1,4 +1,4 @@
-"""Tests for app.payloads: multipart, .npy, feature JSON and OIP tensor bodies → values or clear 4xx."""
+"""Tests for app.serving.payloads: multipart, .npy, feature and OIP tensor JSON → values or clear 4xx."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from app.errors import InvalidFeaturesError, InvalidRequestError, UnsupportedMediaTypeError
-from app.payloads import (
+from app.core.errors import InvalidFeaturesError, InvalidRequestError, UnsupportedMediaTypeError
+from app.serving.payloads import (
     NPY_MEDIA_TYPE,
     audio_from_body,
     features_from_body,

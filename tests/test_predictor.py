@@ -1,4 +1,4 @@
-"""Tests for app.predictor: loading and refusing models, providers, validation, batching, threads."""
+"""Tests for app.core.predictor: loading and refusing models, providers, validation, batching, threads."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from app.errors import ContractError, InvalidFeaturesError, ModelNotReadyError
-from app.predictor import Predictor
+from app.core.contract import NUM_COMPARE_FEATURES as F
+from app.core.errors import ContractError, InvalidFeaturesError, ModelNotReadyError
+from app.core.predictor import Predictor
 from model_export.export import export_checkpoint, sample_raw_features
-from tests.test_export import F, make_contract, write_checkpoint
+from model_export.testing import make_contract, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,7 +274,7 @@ def test_concurrent_predictions_are_identical(predictor: Predictor) -> None:
 
 def test_module_imports_neither_torch_onnx_nor_fastapi() -> None:
     code = (
-        "import sys, app.predictor; "
+        "import sys, app.core.predictor; "
         "print(sorted(m for m in ('torch', 'onnx', 'fastapi') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

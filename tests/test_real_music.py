@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from model_export.real_music import PACKAGES, fetch, find_tracks, summarise, table
-from tests.conftest import synth_music
+from model_export.testing import synth_music
 
 SR = 22_050
 

@@ -11,10 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
-from app.audio import decode
-from app.features import FeatureExtractor
-from app.predictor import Predictor
-from tests.conftest import encode, serving, synth_music
+from app.core.audio import decode
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
+from model_export.testing import encode, synth_music
+from tests.conftest import serving
 
 SR = 16_000
 F = 6373

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.predictor import Predictor
+from app.core.predictor import Predictor
 from tests.conftest import serving
 
 F = 6373

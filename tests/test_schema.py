@@ -1,4 +1,4 @@
-"""Tests for the OpenAPI schema (app.schemas): fuzzed by schemathesis against the real loopback server."""
+"""Tests for the OpenAPI schema (app.http.schemas), fuzzed by schemathesis against a loopback server."""
 
 from __future__ import annotations
 

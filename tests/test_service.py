@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.features import FeatureExtractor
-from app.metrics import ServiceMetrics
-from app.predictor import Predictor
-from app.service import EmotionService, summarise
+from app.core.emotion import summarise
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
+from app.serving.metrics import ServiceMetrics
+from app.serving.service import EmotionService
 from app.settings import Settings
 
 

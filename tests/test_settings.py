@@ -10,6 +10,7 @@ from app.settings import Settings
 
 def test_service_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MER_MODEL_PATH", str(tmp_path / "m.onnx"))
+    monkeypatch.setenv("MER_MAX_DURATION_S", "12.5")
     monkeypatch.setenv("MER_POOL_WORKERS", "3")
     monkeypatch.setenv("MER_MAX_BATCH", "8")
     monkeypatch.setenv("MER_MAX_WAIT_MS", "2.5")
@@ -19,6 +20,8 @@ def test_service_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MER_CORS_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("MER_LOG_JSON", "true")
     s = Settings()
+    assert s.model_path == tmp_path / "m.onnx"
+    assert s.max_duration_s == 12.5
     assert (s.pool_size, s.max_batch, s.max_wait_ms, s.max_queue) == (3, 8, 2.5, 10)
     assert s.request_timeout_s == 30
     assert s.api_key is not None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.contract import FeatureConfig, ModelContract
+from app.core.contract import FeatureConfig, ModelContract
 from model_export.evaluate import group_folds, metrics
 from model_export.train import (
     Normaliser,

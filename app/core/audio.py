@@ -3,7 +3,7 @@
 libsndfile (through ``soundfile``) decodes WAV, FLAC, OGG/Vorbis, Opus and MP3 at any sample rate,
 channel count and sample format; ``soxr`` resamples. The header is read first, so audio longer than
 the configured maximum is refused before a single sample is decoded, and decoding stops as soon as a
-lying header is exceeded. Every failure is a typed :class:`~app.errors.ServiceError`.
+lying header is exceeded. Every failure is a typed :class:`~app.core.errors.ServiceError`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from app.contract import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
-from app.errors import (
+from app.core.contract import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from app.core.errors import (
     AudioTooLongError,
     AudioTooShortError,
     CorruptAudioError,
@@ -30,9 +29,9 @@ from app.errors import (
     InvalidRequestError,
     UnsupportedAudioError,
 )
+from app.core.types import FloatArray
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
-FloatArray = npt.NDArray[np.float32]
 
 _BLOCK_FRAMES = 1 << 16
 # MP3 headers without an exact frame count (no Xing/Info tag) give an estimate; tolerate that much.

@@ -1,4 +1,8 @@
-"""The model's I/O contract: everything serving needs to reproduce training's inputs.
+"""The model's I/O contract, and the project's vocabulary: everything serving needs to reproduce training.
+
+The names every layer shares are defined here once: the graph's tensor names (:data:`INPUT_NAME`,
+:data:`OUTPUT_NAME`), the outputs and their scale (:data:`OUTPUTS`, :data:`OUTPUT_RANGE`), the feature
+width (:data:`NUM_COMPARE_FEATURES`) and the frame grid (:data:`HOP_S`, :data:`WINDOW_S`).
 
 A :class:`FeatureConfig` says how features are computed (feature set, analysis rate, windows, frame
 policy); a :class:`ModelContract` adds what a trained model expects of them (feature count and the hash
@@ -22,7 +26,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import ContractError
+from app.core.errors import ContractError
+from app.core.types import FloatArray
 
 #: Version of the metadata layout written by :meth:`ModelContract.to_metadata`.
 #: 2: the feature configuration gained the input level policy.
@@ -30,18 +35,33 @@ CONTRACT_VERSION = 2
 #: Prefix of every contract key in an ONNX file's ``metadata_props``.
 METADATA_PREFIX = "mer."
 
-#: The only frame policy this build implements; see ``app.features`` and the README.
+#: Name of the graph input: raw features (B, T, F), float32.
+INPUT_NAME = "features"
+#: Name of the graph output: emotion (B, T, O), float32.
+OUTPUT_NAME = "emotion"
+#: The outputs a served model has, in order (the last axis of the output tensor; the response schema
+#: names them; training's target columns).
+OUTPUTS = ("arousal", "valence")
+#: The closed interval every output lies in (tanh).
+OUTPUT_RANGE = (-1.0, 1.0)
+#: Width of a ComParE_2016 functionals row.
+NUM_COMPARE_FEATURES = 6373
+#: Seconds between frame starts, and seconds each frame covers: non-overlapping 500 ms windows.
+HOP_S = 0.5
+WINDOW_S = 0.5
+
+#: The only frame policy this build implements; see ``app.core.features`` and the README.
 #: Frame k covers [k*hop, k*hop + window); only complete windows are emitted, so a clip of D seconds
 #: gives floor(D / hop) frames and a trailing partial window is dropped.
 FRAME_POLICY = "complete-windows-v1"
-SUPPORTED_FEATURE_SETS = {("ComParE_2016", "Functionals"): 6373}
+SUPPORTED_FEATURE_SETS = {("ComParE_2016", "Functionals"): NUM_COMPARE_FEATURES}
 #: Compressions applied to raw features before standardisation. Some ComParE functionals reach ~1e12
 #: on near-silent frames; ``signed_log1p`` (sign(x) * log(1 + |x|)) keeps such values from dominating
 #: the statistics while staying monotonic and nearly linear for |x| < 1.
 FEATURE_TRANSFORMS = ("none", "signed_log1p")
 #: Window lengths for which this build ships an openSMILE frame-mode configuration.
-SUPPORTED_WINDOWS_S = (0.5,)
-#: How the input level is set before openSMILE sees the audio (see ``app.features.level_gain_db``).
+SUPPORTED_WINDOWS_S = (WINDOW_S,)
+#: How the input level is set before openSMILE sees the audio (see ``app.core.features.level_gain_db``).
 #: ``gated-rms`` scales each clip to a target gated RMS level, so the features (and the model) do not
 #: depend on how loud a recording was mastered or rendered; ``none`` passes samples through.
 LEVEL_POLICIES = ("none", "gated-rms")
@@ -49,8 +69,6 @@ LEVEL_POLICIES = ("none", "gated-rms")
 TARGET_LEVEL_RANGE_DBFS = (-60.0, -3.0)
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
-
-FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -71,8 +89,8 @@ class FeatureConfig:
     sample_rate: int = 16_000
     feature_set: str = "ComParE_2016"
     feature_level: str = "Functionals"
-    hop_s: float = 0.5
-    window_s: float = 0.5
+    hop_s: float = HOP_S
+    window_s: float = WINDOW_S
     frame_policy: str = FRAME_POLICY
     level_policy: str = "gated-rms"
     target_level_dbfs: float = -23.0
@@ -118,8 +136,8 @@ class ModelContract:
     opensmile_version: str
     norm_mean: FloatArray = field(repr=False)
     norm_std: FloatArray = field(repr=False)
-    outputs: tuple[str, ...] = ("arousal", "valence")
-    output_range: tuple[float, float] = (-1.0, 1.0)
+    outputs: tuple[str, ...] = OUTPUTS
+    output_range: tuple[float, float] = OUTPUT_RANGE
     feature_transform: str = "signed_log1p"
     clip_z: float = 10.0
     contract_version: int = CONTRACT_VERSION
@@ -161,7 +179,7 @@ class ModelContract:
         """Reference implementation of the model's input normalisation (the ONNX graph does the same).
 
         Args:
-            features: Raw ``(..., F)`` features from :mod:`app.features`.
+            features: Raw ``(..., F)`` features from :mod:`app.core.features`.
 
         Returns:
             ``clip((transform(x) - norm_mean) / norm_std, -clip_z, clip_z)`` as float32.

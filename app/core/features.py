@@ -41,8 +41,9 @@ import numpy as np
 import numpy.typing as npt
 import opensmile
 
-from app.contract import FeatureConfig, ModelContract
-from app.errors import AudioTooShortError, ContractError, CorruptAudioError
+from app.core.contract import HOP_S, FeatureConfig, ModelContract
+from app.core.errors import AudioTooShortError, ContractError, CorruptAudioError
+from app.core.types import Float64Array, FloatArray
 
 #: Seconds of audio after the last complete window handed to openSMILE (real audio if the clip has
 #: it, zeros otherwise): the LLDs of a window's last 10 ms steps use up to 60 ms of audio past its end.
@@ -53,8 +54,6 @@ LEVEL_ABSOLUTE_GATE_DBFS = -70.0
 LEVEL_RELATIVE_GATE_DB = -10.0
 LEVEL_PEAK_CEILING_DBFS = -0.1
 LEVEL_MAX_GAIN_DB = 40.0
-
-FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,8 @@ class Features:
     """
 
     values: FloatArray
-    starts: npt.NDArray[np.float64]
-    ends: npt.NDArray[np.float64]
+    starts: Float64Array
+    ends: Float64Array
     gain_db: float = 0.0
 
     @property
@@ -87,6 +86,15 @@ def opensmile_version() -> str:
 def num_frames(num_samples: int, config: FeatureConfig) -> int:
     """Frames the frame policy yields for a signal of ``num_samples`` at the analysis rate."""
     return num_samples // config.window_samples
+
+
+def frames_in_duration(duration_s: float, hop_s: float = HOP_S) -> int:
+    """Frames the frame policy yields for ``duration_s`` seconds of audio (e.g. from a header).
+
+    The same count as :func:`num_frames` for a signal of that length, computed from seconds: a
+    microsecond of slack keeps float rounding from losing a frame (45.0 s from 14.5 s is 61 frames).
+    """
+    return max(0, math.floor(duration_s / hop_s + 1e-6))
 
 
 def names_sha256(names: list[str]) -> str:
@@ -162,7 +170,7 @@ class FeatureExtractor:
     def __init__(self, config: FeatureConfig) -> None:
         config.validate()
         self.config = config
-        conf = resources.files("app") / "opensmile" / "FrameModeFunctionals_fixed_500ms.conf.inc"
+        conf = resources.files("app.core") / "opensmile" / "FrameModeFunctionals_fixed_500ms.conf.inc"
         self._smile = opensmile.Smile(
             feature_set=opensmile.FeatureSet[config.feature_set],
             feature_level=opensmile.FeatureLevel[config.feature_level],

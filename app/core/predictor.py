@@ -1,17 +1,17 @@
 """Serving-side inference: an exported ONNX model behind a small, validated, thread-safe API.
 
 :class:`Predictor` opens a file written by ``model_export.export`` with ONNX Runtime, refuses it unless
-its embedded :class:`~app.contract.ModelContract` is complete and its graph interface matches that
-contract, warms it up, and maps raw feature arrays from :mod:`app.features` to per-frame emotion. The
+its embedded :class:`~app.core.contract.ModelContract` is complete and its graph interface matches that
+contract, warms it up, and maps raw feature arrays from :mod:`app.core.features` to per-frame emotion. The
 graph normalises raw features itself, so nothing here touches the statistics.
 
-Errors follow :mod:`app.errors`:
+Errors follow :mod:`app.core.errors`:
 
-* :class:`~app.errors.ModelNotReadyError` (503): the file is missing or is not a loadable ONNX model,
+* :class:`~app.core.errors.ModelNotReadyError` (503): the file is missing or is not a loadable ONNX model,
   or the requested execution provider is not available (the process stays up, not ready, and says why).
-* :class:`~app.errors.ContractError` (500): the model loads but its contract metadata is missing,
+* :class:`~app.core.errors.ContractError` (500): the model loads but its contract metadata is missing,
   invalid, or disagrees with the graph.
-* :class:`~app.errors.InvalidFeaturesError` (422): a request's feature array has the wrong shape, type
+* :class:`~app.core.errors.InvalidFeaturesError` (422): a request's feature array has the wrong shape, type
   or non-finite values; the message names the expected ``(T, F)`` shape.
 
 The module imports only numpy, onnxruntime and ``app``: no torch, onnx or web framework, so the serving
@@ -30,17 +30,14 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from app.contract import METADATA_PREFIX, ModelContract
-from app.errors import ContractError, InvalidFeaturesError, ModelNotReadyError, ServiceError
+from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelContract
+from app.core.errors import ContractError, InvalidFeaturesError, ModelNotReadyError, ServiceError
+from app.core.types import FloatArray
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "WARMUP_FRAMES", "Predictor", "ProviderChoice"]
+__all__ = ["WARMUP_FRAMES", "Predictor", "ProviderChoice"]
 
 log = logging.getLogger(__name__)
 
-#: Name of the graph input: raw features (B, T, F), float32.
-INPUT_NAME = "features"
-#: Name of the graph output: emotion (B, T, O), float32.
-OUTPUT_NAME = "emotion"
 #: Frames of the warm-up runs: the paper's 30 s clip (61 labels), the typical request.
 WARMUP_FRAMES = 61
 #: Batch sizes of the warm-up runs (single requests and a small batch).
@@ -51,8 +48,6 @@ _RANGE_SLACK = 1e-5
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
-
-FloatArray = npt.NDArray[np.float32]
 
 
 class Predictor:
@@ -176,7 +171,7 @@ class Predictor:
         """Predict every frame of one clip.
 
         Args:
-            features: Raw features ``(T, F)`` from :meth:`app.features.FeatureExtractor.extract`,
+            features: Raw features ``(T, F)`` from :meth:`app.core.features.FeatureExtractor.extract`,
                 T >= 1, finite; any real dtype (converted to float32).
 
         Returns:

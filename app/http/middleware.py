@@ -1,7 +1,7 @@
 """Pure-ASGI middleware: request metrics, API-key check, and the streaming body-size limit.
 
 They sit outside FastAPI's exception handling, so when they refuse a request they send the one error
-shape themselves (:func:`error_response`, the same builder the exception handler uses).
+shape themselves, through :func:`app.http.errors.error_response` like the exception handler.
 """
 
 from __future__ import annotations
@@ -12,24 +12,19 @@ import time
 from collections.abc import Iterable, Sequence
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLargeError, ServiceError, UnauthorizedError
-from app.metrics import ServiceMetrics
+from app.core.errors import PayloadTooLargeError, UnauthorizedError
+from app.http.errors import error_response
+from app.serving.metrics import ServiceMetrics
 
-__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware", "error_response"]
+__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "MetricsMiddleware"]
 
 log = logging.getLogger(__name__)
 
 #: Label for requests that match no route (a fixed value keeps random paths out of the label set).
 UNMATCHED_ROUTE = "<unmatched>"
-
-
-def error_response(exc: ServiceError) -> JSONResponse:
-    """The one JSON error shape, ``{"error": {"code", "message"}}``, with the error's status and headers."""
-    return JSONResponse(status_code=exc.status_code, content=exc.to_dict(), headers=exc.headers or None)
 
 
 class MetricsMiddleware:

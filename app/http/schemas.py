@@ -1,7 +1,7 @@
 """Pydantic models of the HTTP API: v1 frames, Open Inference Protocol v2 tensors, errors.
 
 Request models of the routes that read their bodies themselves (uploads, feature arrays, tensors;
-parsed in worker threads by :mod:`app.payloads`) document those bodies in the OpenAPI schema.
+parsed in worker threads by :mod:`app.serving.payloads`) document those bodies in the OpenAPI schema.
 """
 
 from __future__ import annotations

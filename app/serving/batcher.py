@@ -1,19 +1,16 @@
-"""Dynamic micro-batching of inference, and the bounded worker pool in front of it.
+"""Dynamic micro-batching of inference in front of ONE inference thread.
 
 :class:`DynamicBatcher` lives on the event loop: requests :meth:`~DynamicBatcher.submit` validated
 feature arrays and await their results, while one loop task gathers what has queued up (at most
 ``max_batch`` clips and ``max_batch_frames`` padded frames, waiting at most ``max_wait_s`` for
 companions once a clip is there) and hands each batch to ONE inference thread. While a batch runs, the
 next one fills, so under load batches grow by themselves and the model runs back to back. The model is
-causal, so the right-padding that :meth:`app.predictor.Predictor.predict_batch` adds cannot change a
+causal, so the right-padding that :meth:`app.core.predictor.Predictor.predict_batch` adds cannot change a
 clip's frames.
 
-:class:`WorkerPool` runs decoding and feature extraction (and the parsing of large bodies) off the
-event loop in a fixed number of threads.
-
-Both queues are bounded: beyond ``max_queue`` waiting items a request fails at once with
-:class:`~app.errors.OverloadedError` (503 + Retry-After) instead of waiting without limit. Neither
-class knows about HTTP.
+The queue is bounded: beyond ``max_queue`` waiting clips a request fails at once with
+:class:`~app.core.errors.OverloadedError` (503 + Retry-After) instead of waiting without limit. The
+batcher knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -21,29 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
-import numpy as np
-import numpy.typing as npt
+from app.core.errors import OverloadedError, PayloadTooLargeError, ShuttingDownError
+from app.core.types import FloatArray
 
-from app.errors import OverloadedError, PayloadTooLargeError, ShuttingDownError
-
-__all__ = ["BatchObserver", "DynamicBatcher", "WorkerPool"]
+__all__ = ["BatchObserver", "DynamicBatcher"]
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
 #: Called after every batch with its size (clips), padded frames and inference seconds.
 BatchObserver = Callable[[int, int, float], None]
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 @dataclass
@@ -57,7 +46,7 @@ class DynamicBatcher:
 
     Args:
         run_batch: Maps a list of ``(T_i, F)`` arrays to one ``(T_i, O)`` result each, in order
-            (:meth:`app.predictor.Predictor.predict_batch`); called in the inference thread only.
+            (:meth:`app.core.predictor.Predictor.predict_batch`); called in the inference thread only.
         max_batch: Most clips per call.
         max_batch_frames: Most padded frames (clips x longest clip) per call; a longer clip runs alone.
         max_wait_s: How long the first clip of a batch waits for companions.
@@ -207,85 +196,3 @@ class DynamicBatcher:
             batch.append(self._queue.popleft())
             longest = max(longest, frames)
         return batch
-
-
-class WorkerPool:
-    """A fixed thread pool with a bounded wait queue, awaited from the event loop.
-
-    Args:
-        workers: Threads.
-        max_queue: Most calls waiting for a free thread; beyond that :meth:`run` raises
-            ``OverloadedError`` at once.
-
-    Example:
-        >>> pool = WorkerPool(workers=2, max_queue=64)
-        >>> features = await pool.run(extractor.extract, signal)
-        >>> await pool.shutdown()
-    """
-
-    def __init__(self, workers: int, max_queue: int) -> None:
-        if workers < 1 or max_queue < 1:
-            raise ValueError("workers and max_queue must be >= 1")
-        self.workers = workers
-        self.max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mer-worker")
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._busy = 0
-        self._closing = False
-
-    @property
-    def waiting(self) -> int:
-        """Calls waiting for a free thread."""
-        return self._waiting
-
-    @property
-    def busy(self) -> int:
-        """Threads running a call now."""
-        return self._busy
-
-    async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run ``fn(*args, **kwargs)`` in a worker thread and return its result.
-
-        Cancelling the caller before the call has started takes it off the queue; a call that has
-        started runs to the end (threads cannot be interrupted), its result discarded.
-
-        Raises:
-            OverloadedError: If ``max_queue`` calls are already waiting.
-            ShuttingDownError: If :meth:`shutdown` has been called.
-        """
-        with self._lock:
-            if self._closing:
-                raise ShuttingDownError("the service is shutting down and takes no new work")
-            if self._waiting >= self.max_queue:
-                raise OverloadedError(
-                    f"all {self.workers} workers are busy and {self._waiting} requests are waiting; "
-                    "retry shortly"
-                )
-            self._waiting += 1
-
-        def call() -> R:
-            with self._lock:
-                self._waiting -= 1
-                self._busy += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self._busy -= 1
-
-        def forget_if_cancelled(f: Future[R]) -> None:
-            if f.cancelled():  # never started: call() did not take it off the count
-                with self._lock:
-                    self._waiting -= 1
-
-        future = self._executor.submit(call)
-        future.add_done_callback(forget_if_cancelled)
-        # wrap_future cancels the concurrent future when the awaiting task is cancelled.
-        return await asyncio.wrap_future(future)
-
-    async def shutdown(self) -> None:
-        """Refuse new calls and wait for the running and queued ones to finish."""
-        with self._lock:
-            self._closing = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True)

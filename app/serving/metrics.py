@@ -83,7 +83,7 @@ class ServiceMetrics:
         self.ready = Gauge("mer_ready", "1 once the model is loaded and warmed up.", registry=self.registry)
 
     def observe_batch(self, size: int, padded_frames: int, seconds: float) -> None:
-        """Record one inference call (a :data:`app.batching.BatchObserver`)."""
+        """Record one inference call (a :data:`app.serving.batcher.BatchObserver`)."""
         self.batch_size.observe(size)
         self.batch_frames.observe(padded_frames)
         self.stage_seconds.labels(stage="infer").observe(seconds)

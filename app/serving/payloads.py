@@ -1,9 +1,9 @@
 """Request bodies → Python values: multipart uploads, ``.npy`` arrays, feature and tensor JSON.
 
 Everything here works on bytes already in memory (the body-size limit is enforced while they stream
-in, before this module sees them), creates no files and raises only :class:`~app.errors.ServiceError`
+in, before this module sees them), creates no files and raises only :class:`~app.core.errors.ServiceError`
 subclasses, so a malformed body is always a clear 4xx. Shape, dtype and finiteness of feature arrays
-are checked by :meth:`app.predictor.Predictor.validate`, which knows the model's width; this module
+are checked by :meth:`app.core.predictor.Predictor.validate`, which knows the model's width; this module
 checks structure. No web framework is imported.
 """
 
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.errors import InvalidFeaturesError, InvalidRequestError, UnsupportedMediaTypeError
+from app.core.errors import InvalidFeaturesError, InvalidRequestError, UnsupportedMediaTypeError
 
 __all__ = [
     "NPY_MEDIA_TYPE",

@@ -1,9 +1,9 @@
-"""The service's work, without HTTP: bytes in, per-frame emotion out.
+"""The service's work, without HTTP: bytes in, per-frame emotion out, one request at a time.
 
 :class:`EmotionService` owns the worker pool (decoding, extraction, parsing of large bodies) and the
 dynamic batcher in front of the model, applies the limits from :class:`~app.settings.Settings`
 (duration, frames, queue sizes, request timeout) and records stage metrics. Routes call one method per
-request and shape its result; every failure is a :class:`~app.errors.ServiceError`.
+request and shape its result; every failure is a :class:`~app.core.errors.ServiceError`.
 """
 
 from __future__ import annotations
@@ -15,80 +15,29 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from app.audio import decode
-from app.batching import DynamicBatcher, WorkerPool
-from app.contract import ARRAY_TAG
-from app.errors import ContractError, InvalidRequestError, RequestTimeoutError, TooManyFramesError
-from app.features import FeatureExtractor
-from app.metrics import ServiceMetrics
-from app.payloads import TensorPayload, audio_from_body, features_from_body, tensor_from_json
-from app.predictor import INPUT_NAME, OUTPUT_NAME, Predictor
+from app.core.audio import decode
+from app.core.contract import ARRAY_TAG, INPUT_NAME, OUTPUT_NAME, OUTPUTS
+from app.core.emotion import EmotionSummary, summarise
+from app.core.errors import ContractError, InvalidRequestError, RequestTimeoutError, TooManyFramesError
+from app.core.features import FeatureExtractor
+from app.core.predictor import Predictor
+from app.core.types import Float64Array, FloatArray
+from app.serving.batcher import DynamicBatcher
+from app.serving.metrics import ServiceMetrics
+from app.serving.payloads import TensorPayload, audio_from_body, features_from_body, tensor_from_json
+from app.serving.pool import WorkerPool
 from app.settings import Settings
 
 __all__ = [
-    "OUTPUTS",
-    "QUADRANTS",
     "AudioPrediction",
     "EmotionService",
     "FramePrediction",
-    "Quadrant",
-    "ServiceState",
-    "Summary",
     "TensorPrediction",
-    "summarise",
 ]
-
-FloatArray = npt.NDArray[np.float32]
-#: The outputs every served model must have, in this order: the response schema names them.
-OUTPUTS = ("arousal", "valence")
-Quadrant = Literal["Q1", "Q2", "Q3", "Q4"]
-#: Russell's circumplex quadrants by the signs of mean arousal and valence (0 counts as positive).
-QUADRANTS: dict[tuple[bool, bool], tuple[Quadrant, str]] = {
-    (True, True): ("Q1", "high arousal, positive valence (e.g. happy, excited)"),
-    (True, False): ("Q2", "high arousal, negative valence (e.g. angry, tense)"),
-    (False, False): ("Q3", "low arousal, negative valence (e.g. sad, bored)"),
-    (False, True): ("Q4", "low arousal, positive valence (e.g. calm, relaxed)"),
-}
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Clip-level summary of per-frame predictions.
-
-    Attributes:
-        mean: Mean per output over the frames.
-        std: Population standard deviation per output.
-        quadrant: Circumplex quadrant of the mean (``Q1`` … ``Q4``).
-        quadrant_label: What the quadrant stands for.
-    """
-
-    mean: dict[str, float]
-    std: dict[str, float]
-    quadrant: Quadrant
-    quadrant_label: str
-
-
-def summarise(emotion: FloatArray) -> Summary:
-    """Mean, standard deviation and circumplex quadrant of ``(T, 2)`` arousal/valence frames.
-
-    Example:
-        >>> summarise(np.array([[0.5, -0.2], [0.3, -0.4]], np.float32)).quadrant
-        'Q2'
-    """
-    mean = emotion.mean(axis=0, dtype=np.float64)
-    std = emotion.std(axis=0, dtype=np.float64)
-    quadrant, label = QUADRANTS[(bool(mean[0] >= 0), bool(mean[1] >= 0))]
-    return Summary(
-        mean={name: float(v) for name, v in zip(OUTPUTS, mean, strict=True)},
-        std={name: float(v) for name, v in zip(OUTPUTS, std, strict=True)},
-        quadrant=quadrant,
-        quadrant_label=label,
-    )
 
 
 @dataclass(frozen=True)
@@ -103,12 +52,12 @@ class FramePrediction:
     """
 
     emotion: FloatArray
-    starts: npt.NDArray[np.float64]
-    ends: npt.NDArray[np.float64]
+    starts: Float64Array
+    ends: Float64Array
     id: str | int | None = None
 
     @property
-    def summary(self) -> Summary:
+    def summary(self) -> EmotionSummary:
         """Clip-level summary."""
         return summarise(self.emotion)
 
@@ -139,23 +88,6 @@ class TensorPrediction:
 
     request: TensorPayload
     emotion: FloatArray
-
-
-@dataclass
-class ServiceState:
-    """The lifecycle as the routes see it: filled by the app's lifespan.
-
-    Attributes:
-        metrics: The app's metrics (there from the start, so /metrics works before the model loads).
-        ready: True once the model is loaded and warmed up, until shutdown begins.
-        reason: Why the service is not ready (reported by the readiness probe).
-        service: The running service, once the model is loaded.
-    """
-
-    metrics: ServiceMetrics
-    ready: bool = False
-    reason: str = "starting"
-    service: EmotionService | None = None
 
 
 class EmotionService:
@@ -237,7 +169,7 @@ class EmotionService:
             Per-frame arousal/valence, frame times in the file's time (offset included), the gain.
 
         Raises:
-            ServiceError: Any of the audio, limit, queue and timeout errors of :mod:`app.errors`.
+            ServiceError: Any of the audio, limit, queue and timeout errors of :mod:`app.core.errors`.
         """
         async with self._deadline():
             values, gain_db, analysed_s = await self.pool.run(

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import re
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
-from app.audio import probe
-from app.errors import ServiceError
+from app.core.audio import probe
+from app.core.contract import HOP_S
+from app.core.errors import ServiceError
+from app.core.features import frames_in_duration
+from app.core.types import FloatArray
 from model_export.datasets.base import Clip
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-
-#: Frame hop and window of the contract's frame policy, in seconds.
-HOP_S = 0.5
-HOP_MS = 500
+#: The contract's frame hop in milliseconds, the unit of the published annotation files' columns.
+HOP_MS = round(HOP_S * 1000)
 #: Labels a little outside [-1, 1] (rounding in the published files) are clipped; beyond this they
 #: signal a wrong scale and are refused.
 SCALE_TOLERANCE = 0.05
@@ -127,8 +125,7 @@ def frames_in_audio(path: Path, offset_s: float) -> int | None:
     except ServiceError as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
-    # A microsecond of slack: 45.0 s and an offset of 14.5 s must give exactly 61 frames.
-    return max(0, math.floor((duration - offset_s) / HOP_S + 1e-6))
+    return frames_in_duration(duration - offset_s)
 
 
 def find_file(root: Path, name: str, prefer: tuple[str, ...] = ()) -> Path:

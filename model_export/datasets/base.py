@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
-#: Order of the target columns, matching the model's outputs.
-TARGETS = ("arousal", "valence")
+from app.core.contract import OUTPUTS
+from app.core.types import FloatArray
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,7 +19,8 @@ class Clip:
     Attributes:
         clip_id: Identifier, unique within the dataset.
         audio_path: Audio file to decode.
-        targets: ``(T, 2)`` float32 arousal/valence on the [-1, 1] scale; row ``k`` labels the frame
+        targets: ``(T, 2)`` float32 arousal/valence (the contract's ``OUTPUTS``, in order) on the
+            [-1, 1] scale; row ``k`` labels the frame
             covering ``[offset_s + 0.5 k, offset_s + 0.5 k + 0.5)`` s of the audio file.
         offset_s: Where frame 0 starts in the audio file, in seconds.
         group: Cross-validation group (song/piece): folds never split a group.
@@ -30,14 +30,14 @@ class Clip:
 
     clip_id: str
     audio_path: Path
-    targets: npt.NDArray[np.float32]
+    targets: FloatArray
     offset_s: float = 0.0
     group: str = ""
     variant_of: str = ""
 
     def __post_init__(self) -> None:
         t = np.asarray(self.targets, dtype=np.float32)
-        if t.ndim != 2 or t.shape[1] != len(TARGETS) or t.shape[0] == 0:
+        if t.ndim != 2 or t.shape[1] != len(OUTPUTS) or t.shape[0] == 0:
             raise ValueError(f"{self.clip_id}: targets must be (T>0, 2), got {t.shape}")
         if not np.all(np.isfinite(t)) or np.abs(t).max() > 1.0 + 1e-6:
             raise ValueError(f"{self.clip_id}: targets must be finite and within [-1, 1]")

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.datasets._common import HOP_S, frames_in_audio, natural_key, to_unit_range
+from app.core.contract import HOP_S
+from model_export.datasets._common import frames_in_audio, natural_key, to_unit_range
 from model_export.datasets.base import Clip
 
 log = logging.getLogger(__name__)

@@ -37,10 +37,9 @@ import numpy.typing as npt
 import soundfile as sf
 from scipy.signal import lfilter
 
-from model_export.datasets._common import HOP_S
+from app.core.contract import HOP_S
+from app.core.types import Float64Array
 from model_export.datasets.base import Clip
-
-FloatArray = npt.NDArray[np.float64]
 
 #: Control grid rate in Hz.
 CONTROL_RATE_HZ = 20
@@ -73,20 +72,20 @@ class Controls:
         duration_s: Clip length in seconds.
     """
 
-    tempo_bpm: FloatArray
-    loudness_db: FloatArray
-    brightness: FloatArray
-    mode: FloatArray
-    register: FloatArray
-    noise_db: FloatArray
+    tempo_bpm: Float64Array
+    loudness_db: Float64Array
+    brightness: Float64Array
+    mode: Float64Array
+    register: Float64Array
+    noise_db: Float64Array
     duration_s: float
 
     @property
-    def times(self) -> FloatArray:
+    def times(self) -> Float64Array:
         """Time of each control sample in seconds."""
         return np.arange(self.tempo_bpm.size) / CONTROL_RATE_HZ
 
-    def arousal_drive(self) -> FloatArray:
+    def arousal_drive(self) -> Float64Array:
         """Instantaneous arousal in [-1, 1]: mean of normalised tempo, loudness and brightness."""
         return (
             _unit(self.tempo_bpm, TEMPO_RANGE)
@@ -94,12 +93,12 @@ class Controls:
             + (2 * self.brightness - 1)
         ) / 3
 
-    def valence_drive(self) -> FloatArray:
+    def valence_drive(self) -> Float64Array:
         """Instantaneous valence in [-1, 1]: mostly mode, partly register."""
         return 0.2 * self.mode + 0.8 * _unit(self.register, REGISTER_RANGE)
 
 
-def _unit(x: FloatArray, bounds: tuple[float, float]) -> FloatArray:
+def _unit(x: Float64Array, bounds: tuple[float, float]) -> Float64Array:
     lo, hi = bounds
     return np.asarray(np.clip(2 * (x - lo) / (hi - lo) - 1, -1, 1))
 
@@ -117,7 +116,7 @@ def random_controls(rng: np.random.Generator, duration_s: float) -> Controls:
     n = math.ceil(duration_s * CONTROL_RATE_HZ) + 1
     t = np.arange(n) / CONTROL_RATE_HZ
 
-    def smooth(bounds: tuple[float, float]) -> FloatArray:
+    def smooth(bounds: tuple[float, float]) -> Float64Array:
         lo, hi = bounds
         base = rng.uniform(lo, hi)
         knots_t = np.concatenate([[0.0], np.cumsum(rng.uniform(3.0, 8.0, size=int(duration_s / 3) + 2))])
@@ -145,7 +144,7 @@ def random_controls(rng: np.random.Generator, duration_s: float) -> Controls:
     )
 
 
-def lagged(drive: FloatArray, delay_s: float, tau_s: float) -> FloatArray:
+def lagged(drive: Float64Array, delay_s: float, tau_s: float) -> Float64Array:
     """Delay a control-rate signal by ``delay_s`` and low-pass it with time constant ``tau_s``.
 
     Before the start the signal is taken to have been at its initial value, so the output starts
@@ -185,7 +184,7 @@ def render_audio(controls: Controls, sample_rate: int, rng: np.random.Generator)
     # Beat onsets: where the integrated tempo crosses a whole number of beats.
     phase = np.concatenate([[0.0], np.cumsum(controls.tempo_bpm[:-1] / 60.0 / CONTROL_RATE_HZ)])
     beats = np.interp(np.arange(math.floor(phase[-1]) + 1), phase, t_ctrl)
-    cache: dict[str, FloatArray] = {}
+    cache: dict[str, Float64Array] = {}
     melody_degree = 7
     degree = 0
     for b, onset in enumerate(beats):
@@ -216,14 +215,14 @@ def _scale_pitch(scale: npt.NDArray[np.int64], degree: int) -> int:
 
 
 def _add_note(
-    out: FloatArray,
+    out: Float64Array,
     onset_s: float,
     length_s: float,
     pitch: int,
     amp: float,
     rolloff: float,
     sample_rate: int,
-    cache: dict[str, FloatArray],
+    cache: dict[str, Float64Array],
 ) -> None:
     start = round(onset_s * sample_rate)
     n = min(round(length_s * sample_rate), out.size - start)
@@ -246,7 +245,7 @@ def _add_note(
 
 
 def _add_tick(
-    out: FloatArray, onset_s: float, amp: float, sample_rate: int, rng: np.random.Generator
+    out: Float64Array, onset_s: float, amp: float, sample_rate: int, rng: np.random.Generator
 ) -> None:
     start = round(onset_s * sample_rate)
     n = min(round(0.03 * sample_rate), out.size - start)

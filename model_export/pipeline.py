@@ -1,0 +1,287 @@
+"""The training pipeline's steps, shared by the CLI, the CV and the reports.
+
+Data loading (a recipe's clips and their cached features through the one feature path), contract
+building, training on a whole dataset, cross-validation reports, and export with the model card: each
+is one function here; ``python -m model_export`` only parses arguments and calls them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.contract import FeatureConfig, ModelContract
+from app.core.features import FeatureExtractor, opensmile_version
+from app.core.types import FloatArray
+from model_export.cache import FeatureCache
+from model_export.checkpoint import load_checkpoint, save_checkpoint
+from model_export.datasets.base import Clip, originals, variants_by_original
+from model_export.datasets.registry import load as load_dataset
+from model_export.evaluate import CVResult, cross_validate, plot_figures, write_report
+from model_export.train import TrainConfig, TrainResult, train, validation_split
+
+__all__ = [
+    "REPO",
+    "DataSpec",
+    "LoadedData",
+    "augmentation_meta",
+    "build_contract",
+    "cv_presets",
+    "display_path",
+    "export_with_card",
+    "load_data",
+    "train_and_save",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("model_export")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to load, and through which feature path.
+
+    Attributes:
+        dataset: Recipe name (``model_export.datasets.registry.RECIPES``).
+        root: Dataset folder (for ``synthetic``: where to write).
+        rate: Analysis sample rate in Hz.
+        cache: Cache folder for features (and renders).
+        level_policy: Input level normalisation of the feature path.
+        workers: Parallel extraction threads (``None``: one per core).
+        options: Recipe-specific keyword options.
+    """
+
+    dataset: str
+    root: Path
+    rate: int = 16_000
+    cache: Path = REPO / "cache"
+    level_policy: str = "gated-rms"
+    workers: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def recipe_options(self) -> dict[str, Any]:
+        """The recipe's keyword options, with VGMIDI's renders under the cache folder by default."""
+        options = dict(self.options)
+        if self.dataset == "vgmidi":
+            options.setdefault("cache_dir", self.cache / "vgmidi")
+        return options
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A dataset's clips, their features by clip id, and the extractor that computed them."""
+
+    clips: list[Clip]
+    features: dict[str, FloatArray]
+    extractor: FeatureExtractor
+
+
+def load_data(spec: DataSpec) -> LoadedData:
+    """Load a dataset's clips and their cached features (extracting what is missing)."""
+    t0 = time.perf_counter()
+    clips = load_dataset(spec.dataset, spec.root, **spec.recipe_options())
+    log.info(
+        "%s: %d clips, %d frames (%.0fs)",
+        spec.dataset,
+        len(clips),
+        sum(c.num_frames for c in clips),
+        time.perf_counter() - t0,
+    )
+    extractor = FeatureExtractor(FeatureConfig(sample_rate=spec.rate, level_policy=spec.level_policy))
+    cache = FeatureCache(spec.cache / "features", extractor)
+    t0 = time.perf_counter()
+    feats = cache.load_all(clips, workers=spec.workers)
+    log.info("features of %d clips in %s (%.0fs)", len(feats), cache.folder, time.perf_counter() - t0)
+    return LoadedData(clips, feats, extractor)
+
+
+def build_contract(result: TrainResult, extractor: FeatureExtractor, cfg: TrainConfig) -> ModelContract:
+    """The I/O contract of a trained model."""
+    contract = ModelContract(
+        features=extractor.config,
+        num_features=extractor.num_features,
+        feature_names_sha256=extractor.feature_names_sha256,
+        opensmile_version=opensmile_version(),
+        norm_mean=result.normaliser.mean.numpy(),
+        norm_std=result.normaliser.std.numpy(),
+        outputs=tuple(cfg.targets),
+        feature_transform=cfg.feature_transform,
+        clip_z=cfg.clip_z,
+    )
+    contract.validate()
+    return contract
+
+
+def augmentation_meta(spec: DataSpec, variant_clips: int) -> dict[str, Any]:
+    """What the checkpoint (and so the model card) records about augmentation."""
+    meta: dict[str, Any] = {"variant_clips": variant_clips}
+    if spec.dataset == "vgmidi" and spec.options.get("augment"):
+        from model_export.datasets import vgmidi
+
+        meta.update(
+            vgmidi.augmentation_facts(
+                int(spec.options["augment"]),
+                int(spec.options.get("augment_seed", 0)),
+                spec.options.get("augment_exclude", ()),
+            )
+        )
+    return meta
+
+
+def train_and_save(spec: DataSpec, data: LoadedData, cfg: TrainConfig, out: Path) -> TrainResult:
+    """Train one model on all of a dataset (a group-wise ``val_fraction`` held out for early stopping).
+
+    Returns:
+        The training result; the checkpoint is written to ``out``.
+    """
+    feats = data.features
+    usable = [c for c in originals(data.clips) if c.clip_id in feats]
+    variants = variants_by_original(data.clips)
+    tr, va = validation_split([c.group for c in usable], cfg.val_fraction, cfg.seed)
+    train_variants = [
+        [feats[v.clip_id] for v in variants.get(usable[i].clip_id, []) if v.clip_id in feats] for i in tr
+    ]
+    result = train(
+        cfg,
+        [feats[usable[i].clip_id] for i in tr],
+        [usable[i].targets for i in tr],
+        [feats[usable[i].clip_id] for i in va],
+        [usable[i].targets for i in va],
+        train_variants=train_variants,
+    )
+    save_checkpoint(
+        out,
+        result.model,
+        build_contract(result, data.extractor, cfg),
+        cfg.to_dict(),
+        dataset=spec.dataset,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        clips=len(usable),
+        augmentation=augmentation_meta(spec, sum(len(v) for v in train_variants)),
+    )
+    return result
+
+
+def cv_presets(
+    spec: DataSpec,
+    data: LoadedData,
+    configs: Sequence[TrainConfig],
+    *,
+    folds: int,
+    folds_to_run: int | None,
+    out: Path,
+    command: str,
+    resume: bool = True,
+) -> tuple[list[CVResult], dict[str, Any]]:
+    """Cross-validate each configuration on the same folds; write the report and, for AT vs NAT, figures.
+
+    Args:
+        spec: The data (named in the report).
+        data: Its clips and features.
+        configs: One training configuration per report row (named by its preset).
+        folds: Number of folds.
+        folds_to_run: Run only the first N folds.
+        out: Report folder.
+        command: The command line, quoted in the report's notes.
+        resume: Reuse folds stored under ``<cache>/cv`` by an earlier run with the same key.
+
+    Returns:
+        The results and the report's JSON content.
+    """
+    results = [
+        cross_validate(
+            cfg.preset,
+            cfg,
+            data.clips,
+            data.features,
+            k=folds,
+            folds_to_run=folds_to_run,
+            state_dir=spec.cache / "cv" if resume else None,
+        )
+        for cfg in configs
+    ]
+    n_variants = sum(1 for c in data.clips if c.variant_of and c.clip_id in data.features)
+    augmented = f" + {n_variants} augmented renditions, in training parts only" if n_variants else ""
+    notes = (
+        f"Dataset `{spec.dataset}` ({len(data.features) - n_variants} clips{augmented}), "
+        f"analysis rate {spec.rate} Hz, "
+        f"{folds}-fold CV grouped by piece; metrics on pooled out-of-fold predictions. "
+        f"Command: `{command}`"
+    )
+    doc = write_report(results, out, f"{spec.dataset} at {spec.rate} Hz", notes)
+    at = [r for r in results if "_AT_" in r.name]
+    nat = [r for r in results if "_NAT_" in r.name]
+    if at and nat:
+        plot_figures(at[0], nat[0], out)
+    return results, doc
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (cards should not name build machines)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def export_with_card(
+    checkpoint: Path,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    fp16: bool = False,
+    cv_report: Path | None = None,
+    compare: Sequence[tuple[str, Path]] = (),
+    metrics: Path | None = None,
+    card_path: Path | None = None,
+) -> Path:
+    """Export a checkpoint to ONNX with its contract and model card in the metadata, verified.
+
+    Args:
+        checkpoint: The ``.pt`` file from ``train``.
+        out: The ONNX file to write.
+        name: ``mer.model_name``.
+        version: ``mer.model_version``.
+        fp16: Store large weights as float16.
+        cv_report: ``report.json`` of the CV that chose the setup (for the card).
+        compare: ``(label, report.json)`` of other CV runs for the card's before/after table.
+        metrics: A JSON file stored as ``mer.metrics`` instead of the card's CV row.
+        card_path: Also write the card as Markdown here.
+
+    Returns:
+        The written ONNX path.
+    """
+    from model_export.card import CARD_KEY, build_card, card_metrics, load_report, render_markdown
+    from model_export.export import export_checkpoint
+
+    model, contract, meta = load_checkpoint(checkpoint)
+    card = build_card(
+        model_name=name,
+        model_version=version,
+        contract=contract,
+        checkpoint_meta=meta,
+        model_config=model.config.to_dict(),
+        cv_report=load_report(cv_report) if cv_report is not None else None,
+        cv_source=None if cv_report is None else display_path(cv_report),
+        weights_dtype="float16" if fp16 else "float32",
+        comparisons=[(label, display_path(path), load_report(path)) for label, path in compare],
+    )
+    extra = {CARD_KEY: json.dumps(card, sort_keys=True)}
+    if metrics is not None:
+        extra["mer.metrics"] = json.dumps(json.loads(metrics.read_text()), sort_keys=True)
+    elif (selected := card_metrics(card)) is not None:
+        extra["mer.metrics"] = json.dumps(selected, sort_keys=True)
+    path = export_checkpoint(
+        checkpoint, out, model_name=name, model_version=version, extra_metadata=extra, fp16=fp16
+    )
+    if card_path is not None:
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+        card_path.write_text(render_markdown(card))
+    return path
