@@ -27,7 +27,7 @@ from model_export import pipeline
 from model_export.datasets.registry import RECIPES
 from model_export.model import PRESETS
 from model_export.pipeline import REPO, DataSpec
-from model_export.train import TrainConfig
+from model_export.train import CLIP_LOSSES, TrainConfig
 
 DEFAULT_CACHE = REPO / "cache"
 
@@ -80,6 +80,31 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
     )
 
 
+def _clip_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--clip-dataset",
+        required=required,
+        choices=sorted(RECIPES),
+        help="a clip-labelled dataset to train on as well (e.g. fourq)",
+    )
+    p.add_argument("--clip-root", type=Path, required=required, help="its folder")
+
+
+def _clip_spec(args: argparse.Namespace) -> DataSpec | None:
+    if args.clip_dataset is None:
+        return None
+    if args.clip_root is None:
+        raise SystemExit("--clip-dataset needs --clip-root")
+    return DataSpec(
+        dataset=args.clip_dataset,
+        root=args.clip_root,
+        rate=args.rate,
+        cache=args.cache,
+        level_policy=args.level_policy,
+        workers=args.workers,
+    )
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", nargs="+", default=list(OUTPUTS), choices=OUTPUTS, help="outputs to learn")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (paper: 30)")
@@ -94,6 +119,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument(
+        "--clip-loss",
+        default="mean_mse",
+        choices=list(CLIP_LOSSES),
+        help="loss of clip-labelled clips (e.g. 4Q): mean_mse (clip mean vs target level), hinge, frame_mse",
+    )
+    p.add_argument("--clip-target", type=float, default=0.5, help="level a clip-level sign stands for")
+    p.add_argument("--clip-weight", type=float, default=1.0, help="weight of a clip-labelled frame")
+    p.add_argument(
+        "--clip-confidence", action="store_true", help="also weight clip labels by their confidence (PQuad)"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="RMSProp L2 penalty (paper: 0)")
     p.add_argument(
         "--model-option",
         action="append",
@@ -115,6 +152,11 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         seed=args.seed,
         threads=args.threads,
         model_overrides=_parse_options(args.model_option),
+        clip_loss=args.clip_loss,
+        clip_target=args.clip_target,
+        clip_weight=args.clip_weight,
+        clip_confidence=args.clip_confidence,
+        weight_decay=args.weight_decay,
     )
 
 
@@ -164,6 +206,27 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_joint_cv(args: argparse.Namespace) -> int:
+    """The joint protocol: CV over a clip-labelled dataset, always training on a frame-labelled one too."""
+    clip_spec = _clip_spec(args)
+    assert clip_spec is not None  # required arguments
+    _, doc = pipeline.joint_cv(
+        _data_spec(args),
+        clip_spec,
+        [_train_config(args, preset) for preset in args.presets],
+        folds=args.folds,
+        folds_to_run=args.folds_to_run,
+        out=args.out,
+        command=_command(),
+        references=args.reference,
+        quoted=args.quoted,
+    )
+    keys = ("quadrant_accuracy", "macro_f1")
+    summary = [{"model": r["model"], **{k: (r.get("clip") or {}).get(k) for k in keys}} for r in doc["rows"]]
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_ridge(args: argparse.Namespace) -> int:
     """Ridge baseline: CV report, and how much its predictions move with the input level."""
     from model_export.baseline import level_sensitivity, ridge_cv
@@ -187,10 +250,10 @@ def cmd_ridge(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model on a whole dataset and save a checkpoint."""
-    spec = _data_spec(args)
-    result = pipeline.train_and_save(
-        spec, pipeline.load_data(spec), _train_config(args, args.preset), args.out
-    )
+    spec, clip_spec = _data_spec(args), _clip_spec(args)
+    clips = None if clip_spec is None else (clip_spec, pipeline.load_data(clip_spec))
+    cfg = _train_config(args, args.preset)
+    result = pipeline.train_and_save(spec, pipeline.load_data(spec), cfg, args.out, clips)
     print(f"saved {args.out} (best epoch {result.best_epoch}, {result.seconds:.0f}s)")
     return 0
 
@@ -260,6 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="retrain every fold instead of reusing folds finished earlier (stored under CACHE/cv)",
     )
+    p = sub.add_parser(
+        "joint-cv",
+        help="CV over a clip-labelled dataset (4Q, by artist), every fold also training on --dataset",
+    )
+    _data_args(p)
+    _clip_data_args(p, required=True)
+    _train_args(p)
+    p.add_argument("--presets", nargs="+", default=["LSTM_AT_400"], choices=sorted(PRESETS))
+    p.add_argument("--folds", type=int, default=5, help="folds over the clip-labelled dataset")
+    p.add_argument("--folds-to-run", type=int, default=None, help="run only the first N folds")
+    p.add_argument("--out", type=Path, required=True, help="report folder (finished folds go to OUT/folds)")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        action="append",
+        default=[],
+        help="an exported model to score on all clip-labelled clips (repeatable), e.g. the shipped one",
+    )
+    p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
     p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
     _data_args(p)
     p.add_argument("--folds", type=int, default=10, help="number of folds (same assignment as cv)")
@@ -270,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.add_argument("--preset", default="LSTM_AT_400", choices=sorted(PRESETS))
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (.pt)")
+    _clip_data_args(p, required=False)
     p = sub.add_parser("export", help="export a checkpoint to ONNX (raw features in, contract in metadata)")
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint from `train`")
     p.add_argument("--out", type=Path, default=REPO / "models" / "default.onnx", help="ONNX file to write")
@@ -313,6 +396,7 @@ COMMANDS = {
     "datasets": cmd_datasets,
     "extract": cmd_extract,
     "cv": cmd_cv,
+    "joint-cv": cmd_joint_cv,
     "train": cmd_train,
     "export": cmd_export,
 }

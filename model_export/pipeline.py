@@ -23,6 +23,8 @@ from model_export.checkpoint import load_checkpoint, save_checkpoint
 from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.datasets.registry import load as load_dataset
 from model_export.evaluate import CVResult, cross_validate, plot_figures, write_report
+from model_export.joint import JointCVResult, cross_validate_joint, train_joint
+from model_export.joint_report import reference_row, write_joint_report
 from model_export.train import TrainConfig, TrainResult, train, validation_split
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "cv_presets",
     "display_path",
     "export_with_card",
+    "joint_cv",
     "load_data",
     "train_and_save",
 ]
@@ -133,37 +136,64 @@ def augmentation_meta(spec: DataSpec, variant_clips: int) -> dict[str, Any]:
     return meta
 
 
-def train_and_save(spec: DataSpec, data: LoadedData, cfg: TrainConfig, out: Path) -> TrainResult:
+def train_and_save(
+    spec: DataSpec,
+    data: LoadedData,
+    cfg: TrainConfig,
+    out: Path,
+    clips: tuple[DataSpec, LoadedData] | None = None,
+) -> TrainResult:
     """Train one model on all of a dataset (a group-wise ``val_fraction`` held out for early stopping).
+
+    Args:
+        spec: The (frame-labelled) dataset.
+        data: Its clips and features.
+        cfg: Training configuration.
+        out: Checkpoint file to write.
+        clips: A clip-labelled dataset to train on as well (:mod:`model_export.joint`); its
+            validation share is held out of it the same way.
 
     Returns:
         The training result; the checkpoint is written to ``out``.
+
+    Raises:
+        ValueError: For augmented variants together with clip-labelled data (not supported).
     """
     feats = data.features
     usable = [c for c in originals(data.clips) if c.clip_id in feats]
     variants = variants_by_original(data.clips)
-    tr, va = validation_split([c.group for c in usable], cfg.val_fraction, cfg.seed)
-    train_variants = [
-        [feats[v.clip_id] for v in variants.get(usable[i].clip_id, []) if v.clip_id in feats] for i in tr
-    ]
-    result = train(
-        cfg,
-        [feats[usable[i].clip_id] for i in tr],
-        [usable[i].targets for i in tr],
-        [feats[usable[i].clip_id] for i in va],
-        [usable[i].targets for i in va],
-        train_variants=train_variants,
-    )
+    dataset, n_clips, n_variants = spec.dataset, len(usable), 0
+    if clips is not None:
+        clip_spec, clip_data = clips
+        if variants:
+            raise ValueError("augmented renditions cannot be combined with clip-labelled data yet")
+        extra = [c for c in clip_data.clips if c.clip_id in clip_data.features]
+        result = train_joint(cfg, usable, extra, {**feats, **clip_data.features})
+        dataset, n_clips = f"{spec.dataset}+{clip_spec.dataset}", n_clips + len(extra)
+    else:
+        tr, va = validation_split([c.group for c in usable], cfg.val_fraction, cfg.seed)
+        train_variants = [
+            [feats[v.clip_id] for v in variants.get(usable[i].clip_id, []) if v.clip_id in feats] for i in tr
+        ]
+        n_variants = sum(len(v) for v in train_variants)
+        result = train(
+            cfg,
+            [feats[usable[i].clip_id] for i in tr],
+            [usable[i].targets for i in tr],
+            [feats[usable[i].clip_id] for i in va],
+            [usable[i].targets for i in va],
+            train_variants=train_variants,
+        )
     save_checkpoint(
         out,
         result.model,
         build_contract(result, data.extractor, cfg),
         cfg.to_dict(),
-        dataset=spec.dataset,
+        dataset=dataset,
         history=result.history,
         best_epoch=result.best_epoch,
-        clips=len(usable),
-        augmentation=augmentation_meta(spec, sum(len(v) for v in train_variants)),
+        clips=n_clips,
+        augmentation=augmentation_meta(spec, n_variants),
     )
     return result
 
@@ -219,6 +249,75 @@ def cv_presets(
     nat = [r for r in results if "_NAT_" in r.name]
     if at and nat:
         plot_figures(at[0], nat[0], out)
+    return results, doc
+
+
+def joint_cv(
+    spec: DataSpec,
+    clip_spec: DataSpec,
+    configs: Sequence[TrainConfig],
+    *,
+    folds: int,
+    folds_to_run: int | None,
+    out: Path,
+    command: str,
+    references: Sequence[Path] = (),
+    quoted: Path | None = None,
+) -> tuple[list[JointCVResult], dict[str, Any]]:
+    """The joint protocol (:mod:`model_export.joint`) for each configuration, and its report.
+
+    Folds are stored under ``out/folds`` (small files, meant to be committed) and reused when they
+    are there for the same key, so the report can be rebuilt, or a CV resumed, on any machine.
+
+    Args:
+        spec: The frame-labelled dataset (its fixed test fold is fold 1 of its 10-fold split).
+        clip_spec: The clip-labelled dataset whose groups form the folds.
+        configs: One training configuration per row (named by its preset).
+        folds: Folds over the clip-labelled dataset.
+        folds_to_run: Run only the first N folds.
+        out: Report folder.
+        command: The command line, quoted in the report's notes.
+        references: Exported models to score on all clip-labelled clips (e.g. the shipped model).
+        quoted: A JSON list of rows measured elsewhere, each with a ``source``.
+
+    Returns:
+        The results and the report's JSON content.
+    """
+    data, clip_data = load_data(spec), load_data(clip_spec)
+    features = {**data.features, **clip_data.features}
+    results = [
+        cross_validate_joint(
+            cfg.preset,
+            cfg,
+            data.clips,
+            clip_data.clips,
+            features,
+            k=folds,
+            folds_to_run=folds_to_run,
+            state_dir=out / "folds",
+        )
+        for cfg in configs
+    ]
+    rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]
+    if quoted is not None:
+        rows += json.loads(quoted.read_text())
+    genres = None
+    if clip_spec.dataset == "fourq":
+        from model_export.datasets.fourq import read_metadata
+
+        genres = {song: info.genres for song, info in read_metadata(clip_spec.root).items()}
+    n_frame = sum(1 for c in originals(data.clips) if c.clip_id in data.features)
+    notes = (
+        f"Clip-labelled `{clip_spec.dataset}` ({len(clip_data.features)} clips, {folds}-fold CV grouped by "
+        f"{'artist' if clip_spec.dataset == 'fourq' else 'group'}); every fold also trains on frame-labelled "
+        f"`{spec.dataset}` ({n_frame} pieces) except its fold 1 of 10 by piece, whose test pieces every "
+        f"fold's model predicts (frame scores: mean ± std over the folds' models). Analysis rate "
+        f"{spec.rate} Hz. Clip prediction = mean of the clip's frames; quadrant of that mean. "
+        f"Command: `{command}`"
+    )
+    doc = write_joint_report(
+        results, out, f"{spec.dataset} + {clip_spec.dataset} at {spec.rate} Hz", notes, rows, genres
+    )
     return results, doc
 
 

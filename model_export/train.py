@@ -43,6 +43,26 @@ from model_export.model import PRESETS, EmotionRNN, ModelConfig, build_model, fa
 log = logging.getLogger(__name__)
 
 
+#: Losses for clip-level labels (see :class:`TrainConfig`).
+CLIP_LOSSES = ("mean_mse", "hinge", "frame_mse")
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """What kind of label a training clip has (see ``Clip.label_kind``).
+
+    Attributes:
+        clip_level: The targets are one static label repeated on every frame, not per-frame ratings.
+        confidence: The label's confidence in (0, 1].
+    """
+
+    clip_level: bool = False
+    confidence: float = 1.0
+
+
+FRAME_LABELS = Supervision()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (defaults: the paper's).
@@ -62,6 +82,15 @@ class TrainConfig:
         clip_z: Standardised features are clipped to [-clip_z, clip_z].
         model_overrides: Fields of the preset's ``ModelConfig`` to change.
         batching: ``"bucketed"`` (sequences of similar length share a batch) or ``"random"``.
+        clip_loss: How a clip-level label (``label_kind = "clip"``, e.g. 4Q's quadrant signs ``s``)
+            becomes a loss on the clip's per-frame outputs ``y_t`` (:data:`CLIP_LOSSES`):
+            ``"mean_mse"`` ``(mean_t y_t - m s)^2``; ``"hinge"`` ``max(0, m - s mean_t y_t)^2`` (only a
+            clip mean on the wrong side of ``m`` costs, so clear clips may go further); ``"frame_mse"``
+            ``mean_t (y_t - m s)^2`` (the static target on every frame).
+        clip_target: ``m``, the level a clip-level sign stands for.
+        clip_weight: Weight of a clip-labelled frame against a frame-labelled one in the loss.
+        clip_confidence: Also weight each clip-labelled clip by its label's confidence (4Q: PQuad).
+        weight_decay: RMSProp's L2 penalty on every weight (0: none, the paper's setting).
     """
 
     preset: str = "LSTM_AT_400"
@@ -78,6 +107,17 @@ class TrainConfig:
     clip_z: float = 10.0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     batching: str = "bucketed"
+    clip_loss: str = "mean_mse"
+    clip_target: float = 0.5
+    clip_weight: float = 1.0
+    clip_confidence: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.clip_loss not in CLIP_LOSSES:
+            raise ValueError(f"clip_loss must be one of {CLIP_LOSSES}, not {self.clip_loss!r}")
+        if not 0.0 < self.clip_target <= 1.0 or self.clip_weight < 0:
+            raise ValueError("clip_target must be in (0, 1] and clip_weight >= 0")
 
     def model_config(self, num_features: int) -> ModelConfig:
         """The model configuration this run trains."""
@@ -164,10 +204,11 @@ def fit_statistics(features: Sequence[FloatArray], transform: str) -> tuple[Floa
 
 @dataclass
 class TrainSequence:
-    """One normalised training sequence: ``x`` (T, F) and targets ``y`` (T, O)."""
+    """One normalised training sequence: ``x`` (T, F), targets ``y`` (T, O) and their kind."""
 
     x: torch.Tensor
     y: torch.Tensor
+    supervision: Supervision = FRAME_LABELS
 
 
 @dataclass
@@ -229,8 +270,44 @@ def _by_length(seqs: Sequence[TrainSequence], batch_size: int) -> list[list[int]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (torch.square(pred - y) * mask).sum() / (mask.sum() * y.shape[-1])
+def batch_loss(
+    pred: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    seqs: Sequence[TrainSequence],
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the batch's losses and the number of real frames they are averaged over.
+
+    A frame-labelled clip adds its squared errors per frame and output (the paper's MSE); a
+    clip-labelled one adds ``clip_weight * T_i * O`` times its clip loss (:class:`TrainConfig`), so
+    each of its frames counts like a rated frame, scaled by the weight. A batch of frame-labelled clips
+    alone gives exactly the masked MSE of the paper's protocol.
+
+    Returns:
+        ``(numerator, frames * O)``; the loss is their ratio.
+    """
+    o = y.shape[-1]
+    frames = mask.sum()
+    if not any(s.supervision.clip_level for s in seqs):
+        return (torch.square(pred - y) * mask).sum(), frames * o
+    clip_rows = torch.tensor([s.supervision.clip_level for s in seqs])
+    frame_se = (torch.square(pred - y) * mask)[~clip_rows].sum()
+    lengths = mask[clip_rows].sum(dim=(1, 2))  # (C,)
+    p, signs = pred[clip_rows], y[clip_rows][:, 0]  # (C, T, O), (C, O)
+    m = cfg.clip_target
+    if cfg.clip_loss == "frame_mse":
+        per_clip = (torch.square(p - m * signs[:, None]) * mask[clip_rows]).sum(dim=(1, 2)) / (lengths * o)
+    else:
+        mean = (p * mask[clip_rows]).sum(dim=1) / lengths[:, None]  # (C, O)
+        if cfg.clip_loss == "mean_mse":
+            per_clip = torch.square(mean - m * signs).mean(dim=1)
+        else:  # hinge
+            per_clip = torch.square(torch.relu(m - signs * mean)).mean(dim=1)
+    weights = torch.full_like(lengths, cfg.clip_weight)
+    if cfg.clip_confidence:
+        weights = weights * torch.tensor([s.supervision.confidence for s in seqs if s.supervision.clip_level])
+    return frame_se + (weights * lengths * o * per_clip).sum(), frames * o
 
 
 def select_targets(targets: FloatArray, names: Sequence[str]) -> FloatArray:
@@ -244,28 +321,37 @@ def make_sequences(
     targets: Sequence[FloatArray],
     normaliser: Normaliser,
     names: Sequence[str],
+    supervision: Sequence[Supervision] | None = None,
 ) -> list[TrainSequence]:
-    """Normalise each clip once and pair it with its selected targets (truncated to common length)."""
+    """Normalise each clip once and pair it with its selected targets (truncated to common length).
+
+    ``supervision`` gives each clip's label kind (default: all frame-labelled).
+    """
+    kinds = supervision if supervision is not None else [FRAME_LABELS] * len(features)
     out = []
     with torch.no_grad():
-        for f, t in zip(features, targets, strict=True):
+        for f, t, kind in zip(features, targets, kinds, strict=True):
             n = min(f.shape[0], t.shape[0])
             x = normaliser(torch.from_numpy(np.ascontiguousarray(f[:n])))
-            out.append(TrainSequence(x, torch.from_numpy(select_targets(t[:n], names).copy())))
+            out.append(TrainSequence(x, torch.from_numpy(select_targets(t[:n], names).copy()), kind))
     return out
 
 
-def evaluate_loss(model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int) -> float:
-    """Mean squared error over all valid frames of ``seqs``."""
+def evaluate_loss(
+    model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int, cfg: TrainConfig | None = None
+) -> float:
+    """The training loss over all valid frames of ``seqs`` (the MSE when all are frame-labelled)."""
+    cfg = cfg or TrainConfig()
     model.eval()
-    se, count = 0.0, 0.0
+    total, count = 0.0, 0.0
     with torch.no_grad():
         for batch in _by_length(seqs, batch_size):
-            x, y, mask = _pad([seqs[i] for i in batch])
-            pred = model(x)
-            se += float((torch.square(pred - y) * mask).sum())
-            count += float(mask.sum()) * y.shape[-1]
-    return se / max(count, 1.0)
+            part = [seqs[i] for i in batch]
+            x, y, mask = _pad(part)
+            num, den = batch_loss(model(x), y, mask, part, cfg)
+            total += float(num)
+            count += float(den)
+    return total / max(count, 1.0)
 
 
 def predict(model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int = 10) -> list[FloatArray]:
@@ -288,6 +374,8 @@ def train(
     val_targets: Sequence[FloatArray],
     progress: bool = True,
     train_variants: Sequence[Sequence[FloatArray]] | None = None,
+    train_supervision: Sequence[Supervision] | None = None,
+    val_supervision: Sequence[Supervision] | None = None,
 ) -> TrainResult:
     """Train one model with early stopping on the given validation clips.
 
@@ -300,6 +388,9 @@ def train(
         progress: Log one line per epoch.
         train_variants: Per training clip, raw features of its augmented renditions (same labels);
             see the module docstring. ``None`` or empty lists: no augmentation.
+        train_supervision: Per training clip, its label kind (``None``: all frame-labelled); clips
+            with clip-level labels get the clip loss of ``cfg`` (see :func:`batch_loss`).
+        val_supervision: The same for the validation clips.
 
     Returns:
         The best model (by validation loss), its normaliser and the loss history.
@@ -308,7 +399,15 @@ def train(
         raise ValueError("train_variants must have one (possibly empty) list per training clip")
     with fast_cpu_context(cfg.threads or None):
         return _train(
-            cfg, train_features, train_targets, val_features, val_targets, progress, train_variants or []
+            cfg,
+            train_features,
+            train_targets,
+            val_features,
+            val_targets,
+            progress,
+            train_variants or [],
+            train_supervision,
+            val_supervision,
         )
 
 
@@ -320,6 +419,8 @@ def _train(
     val_targets: Sequence[FloatArray],
     progress: bool,
     train_variants: Sequence[Sequence[FloatArray]],
+    train_supervision: Sequence[Supervision] | None,
+    val_supervision: Sequence[Supervision] | None,
 ) -> TrainResult:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -327,17 +428,18 @@ def _train(
     extra = [f for fs in train_variants for f in fs]
     mean, std = fit_statistics([*train_features, *extra], cfg.feature_transform)
     normaliser = Normaliser(mean, std, cfg.feature_transform, cfg.clip_z)
-    train_seqs = make_sequences(train_features, train_targets, normaliser, cfg.targets)
+    train_seqs = make_sequences(train_features, train_targets, normaliser, cfg.targets, train_supervision)
     # renditions[i]: the original and the variants of training piece i, one drawn per epoch.
     renditions = [[seq] for seq in train_seqs]
     for i, fs in enumerate(train_variants):
-        renditions[i].extend(make_sequences(fs, [train_targets[i]] * len(fs), normaliser, cfg.targets))
+        kinds = [train_seqs[i].supervision] * len(fs)
+        renditions[i].extend(make_sequences(fs, [train_targets[i]] * len(fs), normaliser, cfg.targets, kinds))
     augmented = any(len(r) > 1 for r in renditions)
     aug_rng = np.random.default_rng([cfg.seed, 0xA06])
-    val_seqs = make_sequences(val_features, val_targets, normaliser, cfg.targets)
+    val_seqs = make_sequences(val_features, val_targets, normaliser, cfg.targets, val_supervision)
     model_cfg = cfg.model_config(int(mean.shape[0]))
     model = build_model(model_cfg, seed=cfg.seed)
-    optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
+    optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, float]] = []
     best, best_epoch, best_state, stale = math.inf, 0, copy.deepcopy(model.state_dict()), 0
@@ -349,15 +451,17 @@ def _train(
             train_seqs = [r[int(aug_rng.integers(len(r)))] for r in renditions]
         lengths = [s.x.shape[0] for s in train_seqs]
         for batch in make_batches(lengths, cfg.batch_size, rng, cfg.batching):
-            x, y, mask = _pad([train_seqs[j] for j in batch])
+            part = [train_seqs[j] for j in batch]
+            x, y, mask = _pad(part)
             optimiser.zero_grad(set_to_none=True)
-            loss = _masked_mse(model(x), y, mask)
+            num, den = batch_loss(model(x), y, mask, part, cfg)
+            loss = num / den
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             weight = float(mask.sum())
             train_se += float(loss.detach()) * weight
             train_n += weight
-        val = evaluate_loss(model, val_seqs, cfg.batch_size) if val_seqs else train_se / train_n
+        val = evaluate_loss(model, val_seqs, cfg.batch_size, cfg) if val_seqs else train_se / train_n
         history.append(
             {"epoch": epoch, "train_mse": train_se / train_n, "val_mse": val, "s": time.perf_counter() - t0}
         )

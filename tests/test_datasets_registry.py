@@ -8,7 +8,7 @@ from model_export.datasets import registry
 
 
 def test_recipes_are_named_described_and_callable() -> None:
-    assert set(registry.RECIPES) == {"songs1000", "deam", "pmemo", "vgmidi", "synthetic"}
+    assert set(registry.RECIPES) == {"songs1000", "deam", "pmemo", "vgmidi", "fourq", "synthetic"}
     for recipe in registry.RECIPES.values():
         assert callable(recipe.load)
         assert recipe.description

@@ -10,7 +10,11 @@ from app.core.contract import FeatureConfig, ModelContract
 from model_export.evaluate import group_folds, metrics
 from model_export.train import (
     Normaliser,
+    Supervision,
     TrainConfig,
+    TrainSequence,
+    _pad,
+    batch_loss,
     fit_statistics,
     make_batches,
     make_sequences,
@@ -213,3 +217,99 @@ def test_variants_stand_in_for_their_original_during_training() -> None:
     np.testing.assert_allclose(res.normaliser.mean.numpy(), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="one"):
         train(cfg, feats, targs, vf, vt, progress=False, train_variants=[[]])
+
+
+def _seq(y: np.ndarray, clip: bool = False, confidence: float = 1.0) -> TrainSequence:
+    t = torch.from_numpy(np.asarray(y, np.float32))
+    return TrainSequence(torch.zeros(t.shape[0], 3), t, Supervision(clip, confidence))
+
+
+def test_batch_loss_of_frame_labels_is_the_papers_masked_mse() -> None:
+    rng = np.random.default_rng(0)
+    seqs = [_seq(rng.uniform(-1, 1, (5, 2))), _seq(rng.uniform(-1, 1, (3, 2)))]
+    _, y, mask = _pad(seqs)
+    pred = torch.from_numpy(rng.uniform(-1, 1, y.shape).astype(np.float32))
+    num, den = batch_loss(pred, y, mask, seqs, TrainConfig())
+    expected = sum(float(((pred[i, : s.y.shape[0]] - s.y) ** 2).sum()) for i, s in enumerate(seqs)) / (8 * 2)
+    assert float(num / den) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        # clip mean (0.2, -0.1) against 0.5 * signs (+1, -1): ((0.2 - 0.5)^2 + (-0.1 + 0.5)^2) / 2
+        ("mean_mse", (0.09 + 0.16) / 2),
+        # only the shortfall below the margin costs: max(0, 0.5 - 0.2)^2 and max(0, 0.5 - 0.1)^2
+        ("hinge", (0.09 + 0.16) / 2),
+        # the static target on every frame: frames (0.4, 0.0) and (0.0, -0.2)
+        ("frame_mse", ((0.1**2 + 0.5**2) + (0.5**2 + 0.3**2)) / 4),
+    ],
+)
+def test_clip_losses_by_hand(loss: str, expected: float) -> None:
+    seqs = [_seq(np.tile([1.0, -1.0], (2, 1)), clip=True)]
+    _, y, mask = _pad(seqs)
+    pred = torch.tensor([[[0.4, 0.0], [0.0, -0.2]]])
+    num, den = batch_loss(pred, y, mask, seqs, TrainConfig(clip_loss=loss, clip_target=0.5))
+    assert float(num / den) == pytest.approx(expected, rel=1e-5)
+
+
+def test_hinge_ignores_clips_beyond_the_margin_and_weights_scale_clip_frames() -> None:
+    clip = _seq(np.tile([1.0, -1.0], (4, 1)), clip=True, confidence=0.5)
+    frame = _seq(np.zeros((2, 2)))
+    _, y, mask = _pad([clip, frame])
+    pred = torch.zeros_like(y)
+    pred[0, :4] = torch.tensor([0.9, -0.8])  # far on the right side of both margins
+    num, _ = batch_loss(pred, y, mask, [clip, frame], TrainConfig(clip_loss="hinge"))
+    assert float(num) == 0.0
+    pred[0, :4] = 0.0  # clip mean 0: mean_mse (0 - 0.5)^2 per output
+    base = TrainConfig(clip_loss="mean_mse")
+    num1, den = batch_loss(pred, y, mask, [clip, frame], base)
+    assert float(den) == 6 * 2  # every real frame of both clips, per output
+    assert float(num1) == pytest.approx(0.25 * 4 * 2)  # a clip counts like its 4 frames
+    num3, _ = batch_loss(pred, y, mask, [clip, frame], TrainConfig(clip_weight=3.0))
+    assert float(num3) == pytest.approx(3 * float(num1))
+    half, _ = batch_loss(pred, y, mask, [clip, frame], TrainConfig(clip_confidence=True))
+    assert float(half) == pytest.approx(0.5 * float(num1))
+
+
+def test_frame_supervision_trains_exactly_as_without_and_clip_labels_move_the_clip_mean() -> None:
+    feats, targs = _toy(24, 0)
+    vf, vt = _toy(4, 1)
+    cfg = _cfg(epochs=3)
+    plain = train(cfg, feats, targs, vf, vt, progress=False)
+    frames = [Supervision()] * len(feats)
+    same = train(
+        cfg, feats, targs, vf, vt, progress=False, train_supervision=frames, val_supervision=frames[:4]
+    )
+    assert _same_weights(plain.model, same.model)
+    # Clip-labelled clips whose quadrant is carried by feature 0's level: the clip means must follow.
+    rng = np.random.default_rng(2)
+    signs = rng.choice([-1.0, 1.0], size=32)
+    xs = [
+        rng.standard_normal((30, F)).astype(np.float32) + np.float32(s) * np.eye(F, dtype=np.float32)[0]
+        for s in signs
+    ]
+    ys = [np.tile(np.array([s, -s], dtype=np.float32), (30, 1)) for s in signs]
+    clip = [Supervision(clip_level=True)] * 32
+    res = train(
+        _cfg(epochs=15),
+        xs[:24],
+        ys[:24],
+        xs[24:],
+        ys[24:],
+        progress=False,
+        train_supervision=clip[:24],
+        val_supervision=clip[24:],
+    )
+    preds = predict(res.model, make_sequences(xs, ys, res.normaliser, ("arousal", "valence")))
+    means = np.array([p.mean(axis=0) for p in preds])
+    assert np.mean(np.sign(means[:, 0]) == signs) >= 0.9
+    assert np.mean(np.sign(means[:, 1]) == -signs) >= 0.9
+    assert np.abs(means).mean() == pytest.approx(0.5, abs=0.25)  # near the target level, not at +-1
+
+
+def test_unknown_clip_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="clip_loss"):
+        TrainConfig(clip_loss="mae")
+    with pytest.raises(ValueError, match="clip_target"):
+        TrainConfig(clip_target=0.0)

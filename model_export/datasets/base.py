@@ -11,6 +11,9 @@ import numpy as np
 from app.core.contract import OUTPUTS
 from app.core.types import FloatArray
 
+#: What a clip's targets are: per-frame ratings, or one static label for the whole clip.
+LABEL_KINDS = ("frame", "clip")
+
 
 @dataclass(frozen=True, eq=False)
 class Clip:
@@ -26,6 +29,10 @@ class Clip:
         group: Cross-validation group (song/piece): folds never split a group.
         variant_of: For an augmented rendition, the ``clip_id`` of the original clip whose labels it
             shares; empty for an original. Variants only ever join their original in training.
+        label_kind: ``"frame"``: every row of ``targets`` is a rating of that frame; ``"clip"``: one
+            static label for the whole clip, repeated on every row (e.g. the signs of a 4Q quadrant),
+            which training turns into a clip-level loss (``model_export.train``).
+        confidence: How sure the label is, in (0, 1] (4Q: PQuad); a weight training may use.
     """
 
     clip_id: str
@@ -34,6 +41,8 @@ class Clip:
     offset_s: float = 0.0
     group: str = ""
     variant_of: str = ""
+    label_kind: str = "frame"
+    confidence: float = 1.0
 
     def __post_init__(self) -> None:
         t = np.asarray(self.targets, dtype=np.float32)
@@ -41,6 +50,10 @@ class Clip:
             raise ValueError(f"{self.clip_id}: targets must be (T>0, 2), got {t.shape}")
         if not np.all(np.isfinite(t)) or np.abs(t).max() > 1.0 + 1e-6:
             raise ValueError(f"{self.clip_id}: targets must be finite and within [-1, 1]")
+        if self.label_kind not in LABEL_KINDS:
+            raise ValueError(f"{self.clip_id}: label_kind must be in {LABEL_KINDS}, not {self.label_kind!r}")
+        if not 0.0 < self.confidence <= 1.0:
+            raise ValueError(f"{self.clip_id}: confidence must be in (0, 1], got {self.confidence}")
         object.__setattr__(self, "targets", t)
         if not self.group:
             object.__setattr__(self, "group", self.clip_id)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_export.datasets import deam, pmemo, songs1000, synthetic, vgmidi
+from model_export.datasets import deam, fourq, pmemo, songs1000, synthetic, vgmidi
 from model_export.datasets.base import Clip
 
 
@@ -44,6 +44,10 @@ RECIPES: dict[str, Recipe] = {
     "vgmidi": Recipe(
         vgmidi.load,
         "VGMIDI: 200 piano MIDI pieces rendered with fluidsynth, per-measure labels on 0.5 s frames",
+    ),
+    "fourq": Recipe(
+        fourq.load,
+        "4Q (Panda et al. 2018): 30 s AllMusic previews, one Russell quadrant per clip (clip-level signs)",
     ),
     "synthetic": Recipe(
         synthetic.load,

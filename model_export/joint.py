@@ -1,0 +1,354 @@
+"""Training on per-frame labels and clip-level labels together, and its cross-validation protocol.
+
+Frame-labelled clips (VGMIDI: listeners' ratings per 500 ms frame) keep the paper's per-frame MSE;
+clip-labelled clips (4Q: one Russell quadrant per real recording) add a loss on the clip as a whole
+(``TrainConfig.clip_loss``, :func:`model_export.train.batch_loss`). Batches are drawn from the union by
+length, as always, so they mix both kinds wherever lengths meet; the normaliser's statistics cover
+both datasets' training frames.
+
+Protocol (:func:`cross_validate_joint`): k folds over the clip-labelled clips, grouped (4Q: by
+artist). Every fold trains on the clip-labelled clips of the other folds *and* on the training part
+of one fixed fold of the frame-labelled dataset (VGMIDI's fold 1 of its 10-fold split by piece, the
+fold every earlier report used), and predicts both the clip-labelled test fold and those frame test
+pieces. Early stopping holds out a group-wise ``val_fraction`` of each dataset's training part.
+Clip-level scores pool the k test folds; frame-level scores are each fold's model on the same frame
+test pieces (mean and spread over the k models), so a model that wins on real music but loses
+VGMIDI's within-piece dynamics shows.
+
+Each finished fold is stored as a small ``.npz`` (float16 predictions, ids, best epoch, seconds) named
+by a key of everything it depends on, in a folder that may be committed (``docs/results/<run>/folds``):
+a later run on any machine reuses it, and the report is rebuilt from the stored values alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.types import FloatArray
+from model_export.clip_metrics import clip_means, clip_scores, jitter
+from model_export.datasets.base import Clip, originals
+from model_export.evaluate import cv_run_key, group_folds, metrics
+from model_export.train import (
+    Supervision,
+    TrainConfig,
+    TrainResult,
+    make_sequences,
+    predict,
+    train,
+    validation_split,
+)
+
+__all__ = [
+    "JointCVResult",
+    "JointFold",
+    "cross_validate_joint",
+    "joint_folds",
+    "supervision",
+    "train_joint",
+]
+
+log = logging.getLogger(__name__)
+
+
+def supervision(clip: Clip) -> Supervision:
+    """How training treats a clip's targets (its ``label_kind`` and ``confidence``)."""
+    return Supervision(clip_level=clip.label_kind == "clip", confidence=clip.confidence)
+
+
+@dataclass(frozen=True)
+class JointFold:
+    """Indices of one fold: into the frame-labelled clips and into the clip-labelled clips."""
+
+    frame_train: list[int]
+    frame_test: list[int]
+    clip_train: list[int]
+    clip_test: list[int]
+
+
+def joint_folds(
+    frame_groups: Sequence[str],
+    clip_groups: Sequence[str],
+    k: int,
+    *,
+    frame_k: int = 10,
+    frame_fold: int = 0,
+    seed: int = 0,
+) -> list[JointFold]:
+    """The k folds of the protocol (module docstring); the frame split is the single-dataset CV's."""
+    frame_test = group_folds(frame_groups, frame_k, seed)[frame_fold]
+    held = set(frame_test)
+    frame_train = [i for i in range(len(frame_groups)) if i not in held]
+    out = []
+    for test in group_folds(clip_groups, k, seed):
+        test_set = set(test)
+        train_idx = [i for i in range(len(clip_groups)) if i not in test_set]
+        out.append(JointFold(frame_train, list(frame_test), train_idx, list(test)))
+    return out
+
+
+def train_joint(
+    cfg: TrainConfig,
+    frame_clips: Sequence[Clip],
+    clip_clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    seed_offset: int = 0,
+) -> TrainResult:
+    """Train one model on both kinds of clips, early-stopping on a group-wise share of each.
+
+    Args:
+        cfg: Training configuration (its clip loss applies to the clip-labelled clips).
+        frame_clips: Frame-labelled training clips.
+        clip_clips: Clip-labelled training clips.
+        features: Raw features by clip id.
+        seed_offset: Added to ``cfg.seed`` for the validation split and the run (one per CV fold).
+    """
+    seed = cfg.seed + seed_offset
+    train_part: list[Clip] = []
+    val_part: list[Clip] = []
+    for clips in (frame_clips, clip_clips):
+        if not clips:
+            continue
+        tr, va = validation_split([c.group for c in clips], cfg.val_fraction, seed)
+        train_part += [clips[i] for i in tr]
+        val_part += [clips[i] for i in va]
+    return train(
+        replace(cfg, seed=seed),
+        [features[c.clip_id] for c in train_part],
+        [c.targets for c in train_part],
+        [features[c.clip_id] for c in val_part],
+        [c.targets for c in val_part],
+        train_supervision=[supervision(c) for c in train_part],
+        val_supervision=[supervision(c) for c in val_part],
+    )
+
+
+@dataclass
+class JointCVResult:
+    """Out-of-fold predictions of one configuration under the joint protocol.
+
+    Attributes:
+        name: Row name.
+        config: The training configuration.
+        clip_ids: Clip-labelled test clips, pooled over the folds that ran.
+        clip_predictions: Their per-frame predictions.
+        clip_signs: Their label signs ``(N, 2)``.
+        frame_ids: The frame-labelled test pieces (the same for every fold).
+        frame_predictions: Per fold, the per-frame predictions of those pieces.
+        frame_targets: Their targets.
+        epochs: Best epoch per fold.
+        seconds: Training seconds summed over folds.
+        folds_total: k.
+    """
+
+    name: str
+    config: TrainConfig
+    clip_ids: list[str]
+    clip_predictions: list[FloatArray]
+    clip_signs: FloatArray
+    frame_ids: list[str]
+    frame_predictions: list[list[FloatArray]]
+    frame_targets: list[FloatArray]
+    epochs: list[int]
+    seconds: float
+    folds_total: int
+
+    @property
+    def folds_run(self) -> int:
+        """Folds with predictions."""
+        return len(self.epochs)
+
+    def clip_scores(self) -> dict[str, Any]:
+        """Clip-level scores of the pooled clip means (:func:`model_export.clip_metrics.clip_scores`)."""
+        return clip_scores(clip_means(self.clip_predictions), self.clip_signs)
+
+    def frame_scores(self) -> dict[str, Any]:
+        """Per-frame metrics on the frame test pieces: each fold's, and their mean and std."""
+        per_fold = [
+            metrics(preds, self.frame_targets, self.config.targets) for preds in self.frame_predictions
+        ]
+        summary: dict[str, dict[str, dict[str, float]]] = {}
+        for dim in self.config.targets:
+            summary[dim] = {
+                key: {
+                    "mean": float(np.mean([m[dim][key] for m in per_fold])),
+                    "std": float(np.std([m[dim][key] for m in per_fold])),
+                }
+                for key in ("r2", "tau", "mae")
+            }
+        return {"per_fold": per_fold, "summary": summary}
+
+    def jitter(self) -> dict[str, list[float]]:
+        """Mean frame-to-frame change of predictions and labels, per output, on the frame test pieces."""
+        predicted = [p for preds in self.frame_predictions for p in preds]
+        return {"predictions": jitter(predicted), "labels": jitter(self.frame_targets)}
+
+
+def joint_run_key(
+    name: str,
+    cfg: TrainConfig,
+    frame_clips: Sequence[Clip],
+    clip_clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    protocol: Sequence[int],
+) -> str:
+    """Key of the stored folds: the single-dataset CV key of both datasets plus the protocol and labels."""
+    base = cv_run_key(name, cfg, protocol[0], protocol[-1], [*frame_clips, *clip_clips], features)
+    digest = hashlib.sha256(f"joint {base} {list(protocol)}".encode())
+    for c in (*frame_clips, *clip_clips):
+        digest.update(f"{c.clip_id} {c.label_kind} {c.confidence!r}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cross_validate_joint(
+    name: str,
+    cfg: TrainConfig,
+    frame_clips: Sequence[Clip],
+    clip_clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    *,
+    k: int = 5,
+    frame_k: int = 10,
+    frame_fold: int = 0,
+    fold_seed: int = 0,
+    folds_to_run: int | None = None,
+    state_dir: Path | None = None,
+) -> JointCVResult:
+    """Run (or restore) the joint protocol's folds; see the module docstring.
+
+    Args:
+        name: Row name (and the stored folds' prefix).
+        cfg: Training configuration.
+        frame_clips: Frame-labelled clips (augmented variants are left out).
+        clip_clips: Clip-labelled clips.
+        features: Raw features by clip id; clips without features are skipped.
+        k: Folds over the clip-labelled clips.
+        frame_k: Folds of the frame-labelled dataset's split (10: the paper's).
+        frame_fold: Which of those folds is the frame test set.
+        fold_seed: Seed of both fold assignments.
+        folds_to_run: Run only the first N folds.
+        state_dir: Where finished folds are stored and found again.
+
+    Returns:
+        The predictions of every fold that ran or was restored, rounded to float16 as stored.
+    """
+    frames = [c for c in originals(frame_clips) if c.clip_id in features]
+    clips = [c for c in clip_clips if c.clip_id in features]
+    folds = joint_folds(
+        [c.group for c in frames],
+        [c.group for c in clips],
+        k,
+        frame_k=frame_k,
+        frame_fold=frame_fold,
+        seed=fold_seed,
+    )
+    key = joint_run_key(name, cfg, frames, clips, features, (k, frame_k, frame_fold, fold_seed))
+    frame_test = [frames[i] for i in folds[0].frame_test]
+    result = JointCVResult(
+        name=name,
+        config=cfg,
+        clip_ids=[],
+        clip_predictions=[],
+        clip_signs=np.zeros((0, 2), np.float32),
+        frame_ids=[c.clip_id for c in frame_test],
+        frame_predictions=[],
+        frame_targets=[],
+        epochs=[],
+        seconds=0.0,
+        folds_total=k,
+    )
+    signs: list[FloatArray] = []
+    for f, fold in enumerate(folds[: folds_to_run or k]):
+        path = state_dir / f"{name}_{key}_fold{f}.npz" if state_dir is not None else None
+        if path is not None and path.exists():
+            stored = _load_fold(path)
+            log.info("%s fold %d/%d restored from %s", name, f + 1, k, path)
+        else:
+            test_clips = [clips[i] for i in fold.clip_test]
+            stored = _run_fold(
+                cfg,
+                [frames[i] for i in fold.frame_train],
+                [clips[i] for i in fold.clip_train],
+                test_clips,
+                frame_test,
+                features,
+                f,
+            )
+            if path is not None:
+                _save_fold(path, stored)
+            log.info(
+                "%s fold %d/%d: best epoch %d, %.0fs", name, f + 1, k, stored["best_epoch"], stored["seconds"]
+            )
+        by_id = {c.clip_id: c for c in clips}
+        result.clip_ids += stored["clip_ids"]
+        result.clip_predictions += stored["clip_predictions"]
+        signs += [np.sign(by_id[cid].targets[0]) for cid in stored["clip_ids"]]
+        result.frame_predictions.append(stored["frame_predictions"])
+        result.epochs.append(int(stored["best_epoch"]))
+        result.seconds += float(stored["seconds"])
+    result.clip_signs = np.asarray(signs, np.float32).reshape(-1, 2)
+    n = [p.shape[0] for p in result.frame_predictions[0]] if result.frame_predictions else []
+    result.frame_targets = [c.targets[:t] for c, t in zip(frame_test, n, strict=False)]
+    return result
+
+
+def _run_fold(
+    cfg: TrainConfig,
+    frame_train: Sequence[Clip],
+    clip_train: Sequence[Clip],
+    clip_test: Sequence[Clip],
+    frame_test: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    fold: int,
+) -> dict[str, Any]:
+    """Train one fold's model and predict its test clips, rounded to float16 as they are stored."""
+    trained = train_joint(cfg, frame_train, clip_train, features, fold)
+    test = [*clip_test, *frame_test]
+    seqs = make_sequences(
+        [features[c.clip_id] for c in test], [c.targets for c in test], trained.normaliser, cfg.targets
+    )
+    preds = [p.astype(np.float16).astype(np.float32) for p in predict(trained.model, seqs)]
+    return {
+        "clip_ids": [c.clip_id for c in clip_test],
+        "clip_predictions": preds[: len(clip_test)],
+        "frame_predictions": preds[len(clip_test) :],
+        "best_epoch": trained.best_epoch,
+        "seconds": trained.seconds,
+    }
+
+
+def _save_fold(path: Path, fold: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        clip_ids=np.asarray(fold["clip_ids"], dtype=str),
+        clip_predictions=np.concatenate(fold["clip_predictions"]).astype(np.float16),
+        clip_lengths=np.asarray([p.shape[0] for p in fold["clip_predictions"]]),
+        frame_predictions=np.concatenate(fold["frame_predictions"]).astype(np.float16),
+        frame_lengths=np.asarray([p.shape[0] for p in fold["frame_predictions"]]),
+        best_epoch=fold["best_epoch"],
+        seconds=fold["seconds"],
+    )
+    tmp.replace(path)
+
+
+def _split(values: np.ndarray, lengths: np.ndarray) -> list[FloatArray]:
+    return [p.astype(np.float32) for p in np.split(values, np.cumsum(lengths)[:-1])]
+
+
+def _load_fold(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        return {
+            "clip_ids": [str(v) for v in z["clip_ids"]],
+            "clip_predictions": _split(z["clip_predictions"], z["clip_lengths"]),
+            "frame_predictions": _split(z["frame_predictions"], z["frame_lengths"]),
+            "best_epoch": int(z["best_epoch"]),
+            "seconds": float(z["seconds"]),
+        }

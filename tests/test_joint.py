@@ -1,0 +1,136 @@
+"""The joint protocol end to end: synthetic frame-labelled music + a 4Q-layout tree of clip-labelled music."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_export import joint
+from model_export.__main__ import main
+from model_export.checkpoint import load_checkpoint
+from model_export.datasets import synthetic
+from model_export.joint import joint_folds
+from model_export.testing import export_tiny_model
+from tests.datasets_fixtures import write_fourq_tree
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RATE = 16_000
+QUADRANT = {(True, True): "Q1", (True, False): "Q2", (False, False): "Q3", (False, True): "Q4"}
+TINY = ["--model-option", "hidden_sizes=[8]", "--model-option", "attention_window=4", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def fourq_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 clips of synthetic music whose quadrant is the sign of their mean synthetic targets."""
+    rows, audio = [], {}
+    for i in range(40):
+        signal, _, targets = synthetic.synthesize(np.random.default_rng([7, i]), 8.0, RATE)
+        a, v = targets.mean(axis=0)
+        song = f"MT{i:010d}"
+        rows.append(
+            (song, f"Artist {i // 2}", QUADRANT[(bool(a >= 0), bool(v >= 0))], 0.5 + i / 80, "Pop/Rock")
+        )
+        audio[song] = signal
+    return write_fourq_tree(tmp_path_factory.mktemp("4q"), rows, audio=audio, sample_rate=RATE)
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tuple[Path, list[str]]:
+    tmp = tmp_path_factory.mktemp("joint")
+    reference = export_tiny_model(tmp)
+    quoted = tmp / "quoted.json"
+    quoted.write_text(
+        json.dumps([{"model": "linear probe", "source": "ABOUT.md", "clip": None, "folds": "5"}])
+    )
+    args = [
+        "joint-cv",
+        "--dataset", "synthetic", "--root", str(tmp / "frames"),
+        "--option", "n_clips=24", "--option", "duration_s=6",
+        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
+        "--cache", str(tmp / "cache"),
+        "--presets", "LSTM_AT_400", *TINY, "--epochs", "8",
+        "--folds", "2",
+        "--out", str(tmp / "report"),
+        "--reference", str(reference), "--quoted", str(quoted),
+    ]  # fmt: skip
+    assert main(args) == 0
+    return tmp, args
+
+
+def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
+    joint_run: tuple[Path, list[str]],
+) -> None:
+    tmp, _ = joint_run
+    doc = json.loads((tmp / "report" / "report.json").read_text())
+    names = [r["model"] for r in doc["rows"]]
+    assert names == ["tiny 0.0.1", "linear probe", "LSTM_AT_400"]
+    row = doc["rows"][2]
+    assert row["folds"] == "2/2"
+    assert row["clip"]["clips"] == 40
+    assert sum(map(sum, row["clip"]["confusion"])) == 40
+    assert 0.0 <= row["clip"]["quadrant_accuracy"] <= 1.0
+    assert set(row["frame"]) == {"arousal", "valence"}
+    assert len(row["frame_per_fold"]) == 2
+    assert len(row["jitter"]["predictions"]) == 2
+    assert doc["rows"][0]["clip"]["clips"] == 40  # the reference saw every clip
+    assert doc["genres"]["LSTM_AT_400"][0]["genre"] == "Pop/Rock"
+    md = (tmp / "report" / "report.md").read_text()
+    assert "| LSTM_AT_400 |" in md
+    assert "Confusion matrix of LSTM_AT_400" in md
+    assert (tmp / "report" / "clip_means.png").stat().st_size > 1000
+    # The clip labels were learnt: the clip means rank arousal better than chance, out of fold.
+    assert row["clip"]["arousal"]["auc"] > 0.7
+
+
+def test_stored_folds_rebuild_the_report_without_training(
+    joint_run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, args = joint_run
+    folds = sorted((tmp / "report" / "folds").glob("*.npz"))
+    assert len(folds) == 2
+    assert all(f.stat().st_size < 50_000 for f in folds)
+    before = json.loads((tmp / "report" / "report.json").read_text())
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a stored fold was trained again")
+
+    monkeypatch.setattr(joint, "train_joint", refuse)
+    assert main(args) == 0
+    after = json.loads((tmp / "report" / "report.json").read_text())
+    assert after["rows"][2]["clip"] == before["rows"][2]["clip"]
+    assert after["rows"][2]["frame_per_fold"] == before["rows"][2]["frame_per_fold"]
+
+
+def test_train_on_both_kinds_of_labels_records_both_datasets(
+    joint_run: tuple[Path, list[str]], fourq_tree: Path
+) -> None:
+    tmp, _ = joint_run
+    out = tmp / "both.pt"
+    args = [
+        "train",
+        "--dataset", "synthetic", "--root", str(tmp / "frames"),
+        "--option", "n_clips=24", "--option", "duration_s=6",
+        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
+        "--cache", str(tmp / "cache"), *TINY, "--epochs", "2", "--clip-loss", "hinge",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    _, _, meta = load_checkpoint(out)
+    assert meta["dataset"] == "synthetic+fourq"
+    assert meta["clips"] == 64
+    assert meta["train_config"]["clip_loss"] == "hinge"
+
+
+def test_folds_keep_groups_apart_and_share_one_frame_test_fold() -> None:
+    frame_groups = [f"piece{i // 2}" for i in range(40)]
+    clip_groups = [f"artist{i % 7}" for i in range(30)]
+    folds = joint_folds(frame_groups, clip_groups, 3)
+    assert [sorted(f.frame_test) for f in folds] == [sorted(folds[0].frame_test)] * 3
+    assert sorted(i for f in folds for i in f.clip_test) == list(range(30))
+    for f in folds:
+        assert not {clip_groups[i] for i in f.clip_test} & {clip_groups[i] for i in f.clip_train}
+        assert not {frame_groups[i] for i in f.frame_test} & {frame_groups[i] for i in f.frame_train}
