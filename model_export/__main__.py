@@ -27,6 +27,7 @@ from model_export import pipeline
 from model_export.datasets.registry import RECIPES
 from model_export.model import PRESETS
 from model_export.pipeline import REPO, DataSpec
+from model_export.smoothing import Smoothing
 from model_export.train import CLIP_LOSSES, TrainConfig
 
 DEFAULT_CACHE = REPO / "cache"
@@ -160,6 +161,20 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
     )
 
 
+def _smoothing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--smoothing-alpha",
+        type=float,
+        default=None,
+        help="causal exponential smoothing of the outputs, decay per frame in [0, 1) (default: none)",
+    )
+    p.add_argument("--smoothing-taps", type=int, default=60, help="frames of history the smoothing keeps")
+
+
+def _smoothing(args: argparse.Namespace) -> Smoothing | None:
+    return None if args.smoothing_alpha is None else Smoothing(args.smoothing_alpha, args.smoothing_taps)
+
+
 def _command() -> str:
     return f"python -m model_export {' '.join(sys.argv[1:])}"
 
@@ -220,6 +235,7 @@ def cmd_joint_cv(args: argparse.Namespace) -> int:
         command=_command(),
         references=args.reference,
         quoted=args.quoted,
+        smoothing=_smoothing(args),
     )
     keys = ("quadrant_accuracy", "macro_f1")
     summary = [{"model": r["model"], **{k: (r.get("clip") or {}).get(k) for k in keys}} for r in doc["rows"]]
@@ -277,6 +293,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         compare=compare,
         metrics=args.metrics,
         card_path=args.card,
+        smoothing=_smoothing(args),
+        joint_report=args.joint_report,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, verified, {time.perf_counter() - t0:.0f}s)")
     if args.card is not None:
@@ -342,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an exported model to score on all clip-labelled clips (repeatable), e.g. the shipped one",
     )
     p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
+    _smoothing_args(p)
     p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
     _data_args(p)
     p.add_argument("--folds", type=int, default=10, help="number of folds (same assignment as cv)")
@@ -369,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="report.json of the CV that chose the setup (for the card)",
     )
     p.add_argument("--card", type=Path, default=None, help="also write the Markdown model card here")
+    p.add_argument(
+        "--joint-report", type=Path, default=None, help="report.json of the joint (4Q) CV, for the card"
+    )
+    _smoothing_args(p)
     p.add_argument(
         "--compare",
         action="append",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.contract import ModelContract
+from model_export.smoothing import Smoothing
 
 #: Metadata key of the card (JSON) inside the ONNX file.
 CARD_KEY = "mer.card"
@@ -35,6 +36,17 @@ DATASET_FACTS: dict[str, dict[str, str]] = {
             "onto the 500 ms grid (see README, dataset alignment)"
         ),
         "licence": "research data; the model derived from it is for research use",
+    },
+    "fourq": {
+        "name": "4Q audio emotion dataset (Panda, Malheiro & Paiva 2018), 600 of its 900 clips",
+        "content": (
+            "30 s AllMusic previews of commercial music (pop/rock, jazz, electronic, R&B, country, blues, "
+            "rap, latin, folk, ...), one Russell quadrant per clip from AllMusic mood tags checked by "
+            "listening; used as the signs of the clip's mean arousal and valence"
+        ),
+        "audio": "MP3 previews as distributed (mostly 96 kbps, 22.05-44.1 kHz), decoded by the service",
+        "timing": "none: one static label per clip, no per-frame ratings",
+        "licence": "research data (Panda et al., IEEE Trans. Affective Computing 2018); research use only",
     },
     "synthetic": {
         "name": "synthetic music-like clips (model_export.datasets.synthetic)",
@@ -58,6 +70,16 @@ KNOWN_LIMITS = (
     "are predicted with little context.",
 )
 
+#: Limits that hold for a model trained on one of the datasets (added to :data:`KNOWN_LIMITS`).
+DATASET_LIMITS: dict[str, tuple[str, ...]] = {
+    "fourq": (
+        "The real-music labels are one quadrant per 30 s clip: they teach the level of a clip, not how "
+        "emotion moves within it; the within-clip shape comes from the VGMIDI ratings alone.",
+        "4Q's quadrants come from AllMusic mood tags (validated by listening), balanced 150 per "
+        "quadrant; a catalogue with another balance will see other accuracies.",
+    ),
+}
+
 LICENCES = (
     "openSMILE, which computes the input features, is licensed for research and education only; "
     "commercial use of the features, and of this model that depends on them, needs a licence from "
@@ -65,6 +87,11 @@ LICENCES = (
     "VGMIDI is research data; this model is derived from it and shipped for research use.",
     "The service code is MIT-licensed (LICENSE).",
 )
+#: Licence lines of further training datasets.
+DATASET_LICENCES: dict[str, str] = {
+    "fourq": "4Q (Panda et al. 2018) is research data; this model is derived from it and shipped for "
+    "research use only. Neither its audio nor features computed from it are part of this repository.",
+}
 
 
 def build_card(
@@ -79,6 +106,8 @@ def build_card(
     weights_dtype: str = "float32",
     rebuild: str = "make model",
     comparisons: Sequence[tuple[str, str, Mapping[str, Any]]] = (),
+    smoothing: Smoothing | None = None,
+    joint_cv: tuple[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Collect a model's card facts.
 
@@ -94,6 +123,8 @@ def build_card(
         rebuild: Command that rebuilds the model from the shared data.
         comparisons: ``(label, source, report)`` of other CV runs to show beside it, e.g. the same
             preset before a change to the training data (the card's "before and after" table).
+        smoothing: The causal output smoothing at the end of the graph, if any.
+        joint_cv: ``(source, report)`` of the joint CV on clip-labelled data (real music), if any.
 
     Returns:
         A JSON-serialisable dict (stored as ``mer.card``, rendered by :func:`render_markdown`).
@@ -156,7 +187,19 @@ def build_card(
             "clip_z": contract.clip_z,
             "opensmile_version": contract.opensmile_version,
         },
-        "training_data": {"dataset": dataset, **DATASET_FACTS.get(dataset, {})},
+        "training_data": {
+            "dataset": dataset,
+            "parts": [{"dataset": d, **DATASET_FACTS.get(d, {})} for d in dataset.split("+")],
+        },
+        "smoothing": None if smoothing is None else smoothing.to_dict(),
+        "joint_cv": None
+        if joint_cv is None
+        else {
+            "source": joint_cv[0],
+            "title": joint_cv[1].get("title"),
+            "notes": joint_cv[1].get("notes"),
+            "rows": list(joint_cv[1].get("rows", [])),
+        },
         "training": {
             "clips": checkpoint_meta.get("clips"),
             "config": train_cfg,
@@ -168,8 +211,15 @@ def build_card(
         "cross_validation": cv,
         "comparisons": compared,
         "weights_dtype": weights_dtype,
-        "known_limits": list(KNOWN_LIMITS),
-        "licences": list(LICENCES),
+        "known_limits": [
+            *(KNOWN_LIMITS if "fourq" not in dataset.split("+") else KNOWN_LIMITS[1:]),
+            *(line for d in dataset.split("+") for line in DATASET_LIMITS.get(d, ())),
+        ],
+        "licences": [
+            *LICENCES[:-1],
+            *(DATASET_LICENCES[d] for d in dataset.split("+") if d in DATASET_LICENCES),
+            LICENCES[-1],
+        ],
         "rebuild": rebuild,
     }
 
@@ -223,6 +273,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"attention window {arch.get('attention_window')} frames, output feedback "
         f"{arch.get('output_feedback')} (Chaki et al. 2020).",
         f"- Weights stored as {card['weights_dtype']}; the feature standardisation is inside the graph.",
+        *_smoothing_line(card),
         "",
         "## Input features",
         "",
@@ -235,9 +286,16 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Training data",
         "",
-        f"- {data.get('name', data['dataset'])}: {data.get('content', '')}.",
-        f"- Audio: {data.get('audio', '')}.",
-        f"- Timing: {data.get('timing', '')}.",
+        *(
+            line
+            for part in data.get("parts", [data])
+            for line in (
+                f"- {part.get('name', part['dataset'])}: {part.get('content', '')}.",
+                f"- Audio: {part.get('audio', '')}.",
+                f"- Timing: {part.get('timing', '')}.",
+            )
+        ),
+        *_clip_loss_line(cfg, data["dataset"]),
         f"- {training['clips']} clips; RMSProp lr {cfg.get('lr')}, {cfg.get('batch_size')} sequences per "
         f"update ({cfg.get('batching')} batches), at most {cfg.get('epochs')} epochs, early stopping "
         f"(patience {cfg.get('patience')}, min delta {cfg.get('min_delta')}) on a held-out "
@@ -260,6 +318,22 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         ]
     else:
         lines.append("No cross-validation report was given to the export.")
+    joint = card.get("joint_cv")
+    if joint:
+        from model_export.joint_report import markdown_table
+
+        lines += [
+            "",
+            "### Real music (4Q, clip level)",
+            "",
+            f"{joint.get('title')} (`{joint.get('source')}`): clip prediction = mean of its frames, "
+            "quadrant = the signs of that mean; VGMIDI columns: the same folds' models on VGMIDI's fold-1 "
+            "test pieces.",
+            "",
+            *markdown_table(joint["rows"]),
+            "",
+            str(joint.get("notes") or ""),
+        ]
     compared = card.get("comparisons") or []
     if compared:
         lines += [
@@ -277,6 +351,35 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += ["", "## Licences", ""]
     lines += [f"- {item}" for item in card["licences"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _smoothing_line(card: Mapping[str, Any]) -> list[str]:
+    if "smoothing" not in card:  # cards written before smoothing existed
+        return []
+    smoothing = card["smoothing"]
+    if not smoothing or smoothing.get("kind") == "none":
+        return ["- No output smoothing: each frame is the model's own output."]
+    return [
+        f"- Outputs smoothed in the graph by a causal exponential moving average (decay {smoothing['alpha']} "
+        f"per frame, {smoothing['taps']} frames of history, renormalised at the start of a clip)."
+    ]
+
+
+def _clip_loss_line(cfg: Mapping[str, Any], dataset: str) -> list[str]:
+    if "+" not in dataset:
+        return []
+    weight = " weighted by the label's confidence" if cfg.get("clip_confidence") else ""
+    return [
+        f"- Loss: MSE per frame for the per-frame ratings; for a clip-level label `{cfg.get('clip_loss')}` "
+        f"against ±{cfg.get('clip_target')} on the clip mean, each clip counting like its frames times "
+        f"{cfg.get('clip_weight')}{weight}; batches drawn from both datasets by length; weight decay "
+        f"{cfg.get('weight_decay', 0.0)}, dropout {card_dropout(cfg)}."
+    ]
+
+
+def card_dropout(cfg: Mapping[str, Any]) -> float:
+    """The dropout a training configuration used (a model override, 0 by default)."""
+    return float((cfg.get("model_overrides") or {}).get("dropout", 0.0))
 
 
 def card_metrics(card: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelCon
 from app.core.types import FloatArray
 from model_export.checkpoint import check_model_matches_contract, load_checkpoint
 from model_export.model import EmotionRNN, export_onnx
+from model_export.smoothing import CausalSmoother, Smoothing
 from model_export.train import Normaliser
 
 __all__ = [
@@ -63,8 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Largest accepted |ONNX Runtime - PyTorch| over every output of the verification inputs.
 PARITY_TOLERANCE = 1e-4
-#: (B, T) pairs every export is verified at: T = 1 (no past at all), 2, and the paper's 61-frame clip.
-VERIFY_SHAPES = tuple((b, t) for t in (1, 2, 61) for b in (1, 3))
+#: (B, T) pairs every export is verified at: T = 1 (no past at all), 2, the paper's 61-frame clip, and
+#: 150 frames, past the attention window and the smoother's taps.
+VERIFY_SHAPES = tuple((b, t) for t in (1, 2, 61, 150) for b in (1, 3))
 #: Initializers with fewer elements stay float32 under ``fp16=True``: the saving would be nil and the
 #: scalar constants (clip bounds, the attention mask's -1e9) must keep their exact values.
 FP16_MIN_ELEMENTS = 1024
@@ -75,18 +77,21 @@ class ExportError(RuntimeError):
 
 
 class ExportModule(nn.Module):
-    """Raw features (B, T, F) -> emotion (B, T, O): the contract's normaliser, then the model.
+    """Raw features (B, T, F) -> emotion (B, T, O): the contract's normaliser, the model, the smoother.
 
     Args:
         model: The trained model (expects standardised features).
         contract: The model's contract; its ``norm_mean``, ``norm_std``, ``feature_transform`` and
             ``clip_z`` build the front :class:`~model_export.train.Normaliser`.
+        smoothing: Causal smoothing of the outputs (:mod:`model_export.smoothing`); ``None``: none.
 
     Raises:
         ContractError: If the model's input or output width disagrees with the contract.
     """
 
-    def __init__(self, model: EmotionRNN, contract: ModelContract) -> None:
+    def __init__(
+        self, model: EmotionRNN, contract: ModelContract, smoothing: Smoothing | None = None
+    ) -> None:
         super().__init__()
         check_model_matches_contract(model.config, contract)
         # Writable copies: the contract's arrays are read-only and torch warns about wrapping those.
@@ -94,6 +99,11 @@ class ExportModule(nn.Module):
             contract.norm_mean.copy(), contract.norm_std.copy(), contract.feature_transform, contract.clip_z
         )
         self.model = model
+        self.smoother = (
+            None
+            if smoothing is None
+            else CausalSmoother(smoothing.alpha, smoothing.taps, model.config.num_outputs)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise raw features as training did and predict every frame.
@@ -104,7 +114,8 @@ class ExportModule(nn.Module):
         Returns:
             (B, T, O) in [-1, 1].
         """
-        return cast(Tensor, self.model(self.normaliser(x)))
+        y = cast(Tensor, self.model(self.normaliser(x)))
+        return y if self.smoother is None else cast(Tensor, self.smoother(y))
 
 
 def export_checkpoint(
@@ -115,6 +126,7 @@ def export_checkpoint(
     model_version: str,
     extra_metadata: Mapping[str, str] | None = None,
     fp16: bool = False,
+    smoothing: Smoothing | None = None,
 ) -> Path:
     """Export a training checkpoint to a verified, self-describing ONNX file.
 
@@ -128,6 +140,7 @@ def export_checkpoint(
             replaces the metrics derived from the checkpoint (best epoch, its validation MSE, clips).
             Contract keys cannot be overridden.
         fp16: Store the large weights as float16 (see the module docstring).
+        smoothing: Causal smoothing at the end of the graph (recorded as ``mer.smoothing``).
 
     Returns:
         The written path.
@@ -141,7 +154,8 @@ def export_checkpoint(
     model, contract, meta = load_checkpoint(ckpt_path)
     extra = dict(extra_metadata or {})
     contract_meta = contract.to_metadata()
-    clash = sorted(set(extra) & (set(contract_meta) | {METADATA_PREFIX + "weights_dtype"}))
+    own = {METADATA_PREFIX + "weights_dtype", METADATA_PREFIX + "smoothing"}
+    clash = sorted(set(extra) & (set(contract_meta) | own))
     if clash:
         raise ValueError(f"extra_metadata must not override {clash}")
     metrics = extra.pop(METADATA_PREFIX + "metrics", None)
@@ -150,7 +164,7 @@ def export_checkpoint(
     else:
         json.loads(metrics)  # must be JSON like every other structured key; raises ValueError
 
-    reference = ExportModule(model, contract).eval()
+    reference = ExportModule(model, contract, smoothing).eval()
     fp32_reference = reference
     if fp16:
         reference = copy.deepcopy(reference)
@@ -167,6 +181,9 @@ def export_checkpoint(
         METADATA_PREFIX + "export_date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         METADATA_PREFIX + "versions": json.dumps(_versions(), sort_keys=True),
         METADATA_PREFIX + "weights_dtype": "float16" if fp16 else "float32",
+        METADATA_PREFIX + "smoothing": json.dumps(
+            {"kind": "none"} if smoothing is None else smoothing.to_dict(), sort_keys=True
+        ),
         **extra,
     }
 

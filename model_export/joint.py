@@ -35,6 +35,7 @@ from app.core.types import FloatArray
 from model_export.clip_metrics import clip_means, clip_scores, jitter
 from model_export.datasets.base import Clip, originals
 from model_export.evaluate import cv_run_key, group_folds, metrics
+from model_export.smoothing import Smoothing, smooth_causal
 from model_export.train import (
     Supervision,
     TrainConfig,
@@ -183,6 +184,18 @@ class JointCVResult:
                 for key in ("r2", "tau", "mae")
             }
         return {"per_fold": per_fold, "summary": summary}
+
+    def smoothed(self, smoothing: Smoothing) -> JointCVResult:
+        """The same predictions after the causal smoother an export with ``smoothing`` ends with."""
+        alpha, taps = smoothing.alpha, smoothing.taps
+        return replace(
+            self,
+            name=f"{self.name} + smoothing {alpha:g}",
+            clip_predictions=[smooth_causal(p, alpha, taps) for p in self.clip_predictions],
+            frame_predictions=[
+                [smooth_causal(p, alpha, taps) for p in fold] for fold in self.frame_predictions
+            ],
+        )
 
     def jitter(self) -> dict[str, list[float]]:
         """Mean frame-to-frame change of predictions and labels, per output, on the frame test pieces."""

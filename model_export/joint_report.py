@@ -22,7 +22,7 @@ from model_export.clip_metrics import QUADRANT_NAMES, clip_means, clip_scores
 from model_export.datasets.base import Clip
 from model_export.joint import JointCVResult
 
-__all__ = ["genre_accuracy", "reference_row", "result_row", "write_joint_report"]
+__all__ = ["genre_accuracy", "markdown_table", "reference_row", "result_row", "write_joint_report"]
 
 
 def result_row(result: JointCVResult) -> dict[str, Any]:
@@ -126,7 +126,8 @@ def _frame_cell(row: Mapping[str, Any], key: str) -> str:
     return " / ".join(parts)
 
 
-def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's table: clip-level scores, VGMIDI per-frame scores and jitter, one row each."""
     lines = [
         "| Model | quadrant acc | macro F1 | sign A / V | AUC A / V | mean A / V | VGMIDI R² A / V | "
         "τ A / V | MAE A / V | jitter A / V (labels) | folds |",
@@ -233,7 +234,7 @@ def write_joint_report(
             for r in results
         }
     (out_dir / "report.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
-    lines = [f"# {title}", "", *_markdown_table(rows), ""]
+    lines = [f"# {title}", "", *markdown_table(rows), ""]
     lines += [f"- **{row['model']}**: {row['source']}" for row in rows if row.get("source")]
     for row in rows:
         if (row.get("clip") or {}).get("confusion"):

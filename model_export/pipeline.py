@@ -25,6 +25,7 @@ from model_export.datasets.registry import load as load_dataset
 from model_export.evaluate import CVResult, cross_validate, plot_figures, write_report
 from model_export.joint import JointCVResult, cross_validate_joint, train_joint
 from model_export.joint_report import reference_row, write_joint_report
+from model_export.smoothing import Smoothing
 from model_export.train import TrainConfig, TrainResult, train, validation_split
 
 __all__ = [
@@ -263,6 +264,7 @@ def joint_cv(
     command: str,
     references: Sequence[Path] = (),
     quoted: Path | None = None,
+    smoothing: Smoothing | None = None,
 ) -> tuple[list[JointCVResult], dict[str, Any]]:
     """The joint protocol (:mod:`model_export.joint`) for each configuration, and its report.
 
@@ -279,6 +281,7 @@ def joint_cv(
         command: The command line, quoted in the report's notes.
         references: Exported models to score on all clip-labelled clips (e.g. the shipped model).
         quoted: A JSON list of rows measured elsewhere, each with a ``source``.
+        smoothing: Also report each configuration with this output smoothing (an extra row).
 
     Returns:
         The results and the report's JSON content.
@@ -298,6 +301,8 @@ def joint_cv(
         )
         for cfg in configs
     ]
+    if smoothing is not None:
+        results += [r.smoothed(smoothing) for r in results]
     rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]
     if quoted is not None:
         rows += json.loads(quoted.read_text())
@@ -340,6 +345,8 @@ def export_with_card(
     compare: Sequence[tuple[str, Path]] = (),
     metrics: Path | None = None,
     card_path: Path | None = None,
+    smoothing: Smoothing | None = None,
+    joint_report: Path | None = None,
 ) -> Path:
     """Export a checkpoint to ONNX with its contract and model card in the metadata, verified.
 
@@ -353,6 +360,8 @@ def export_with_card(
         compare: ``(label, report.json)`` of other CV runs for the card's before/after table.
         metrics: A JSON file stored as ``mer.metrics`` instead of the card's CV row.
         card_path: Also write the card as Markdown here.
+        smoothing: Causal output smoothing at the end of the graph.
+        joint_report: ``report.json`` of the joint (clip-level) CV behind the model, for the card.
 
     Returns:
         The written ONNX path.
@@ -371,6 +380,8 @@ def export_with_card(
         cv_source=None if cv_report is None else display_path(cv_report),
         weights_dtype="float16" if fp16 else "float32",
         comparisons=[(label, display_path(path), load_report(path)) for label, path in compare],
+        smoothing=smoothing,
+        joint_cv=None if joint_report is None else (display_path(joint_report), load_report(joint_report)),
     )
     extra = {CARD_KEY: json.dumps(card, sort_keys=True)}
     if metrics is not None:
@@ -378,7 +389,13 @@ def export_with_card(
     elif (selected := card_metrics(card)) is not None:
         extra["mer.metrics"] = json.dumps(selected, sort_keys=True)
     path = export_checkpoint(
-        checkpoint, out, model_name=name, model_version=version, extra_metadata=extra, fp16=fp16
+        checkpoint,
+        out,
+        model_name=name,
+        model_version=version,
+        extra_metadata=extra,
+        fp16=fp16,
+        smoothing=smoothing,
     )
     if card_path is not None:
         card_path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tup
         "--folds", "2",
         "--out", str(tmp / "report"),
         "--reference", str(reference), "--quoted", str(quoted),
+        "--smoothing-alpha", "0.9",
     ]  # fmt: skip
     assert main(args) == 0
     return tmp, args
@@ -67,7 +68,7 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     tmp, _ = joint_run
     doc = json.loads((tmp / "report" / "report.json").read_text())
     names = [r["model"] for r in doc["rows"]]
-    assert names == ["tiny 0.0.1", "linear probe", "LSTM_AT_400"]
+    assert names == ["tiny 0.0.1", "linear probe", "LSTM_AT_400", "LSTM_AT_400 + smoothing 0.9"]
     row = doc["rows"][2]
     assert row["folds"] == "2/2"
     assert row["clip"]["clips"] == 40
@@ -84,6 +85,10 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     assert (tmp / "report" / "clip_means.png").stat().st_size > 1000
     # The clip labels were learnt: the clip means rank arousal better than chance, out of fold.
     assert row["clip"]["arousal"]["auc"] > 0.7
+    smoothed = doc["rows"][3]
+    for d in (0, 1):  # the same predictions, smoothed: far smaller steps, the same labels
+        assert smoothed["jitter"]["predictions"][d] < 0.5 * row["jitter"]["predictions"][d]
+        assert smoothed["jitter"]["labels"][d] == row["jitter"]["labels"][d]
 
 
 def test_stored_folds_rebuild_the_report_without_training(
