@@ -236,6 +236,7 @@ def cmd_joint_cv(args: argparse.Namespace) -> int:
         references=args.reference,
         quoted=args.quoted,
         smoothing=_smoothing(args),
+        probe=args.probe,
     )
     keys = ("quadrant_accuracy", "macro_f1")
     summary = [{"model": r["model"], **{k: (r.get("clip") or {}).get(k) for k in keys}} for r in doc["rows"]]
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an exported model to score on all clip-labelled clips (repeatable), e.g. the shipped one",
     )
     p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
+    p.add_argument("--probe", action="store_true", help="add the linear probe's row (same folds)")
     _smoothing_args(p)
     p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
     _data_args(p)

@@ -1,4 +1,7 @@
-"""A per-frame ridge regression baseline, cross-validated with the same folds and metrics as the RNNs.
+"""Linear baselines: a per-frame ridge regression (VGMIDI) and a clip-level logistic probe (4Q).
+
+The ridge map is cross-validated with the same folds and metrics as the RNNs; the probe
+(:func:`clip_probe_cv`) with the joint protocol's folds over the clip-labelled dataset.
 
 ``../shared/data/vgmidi/ABOUT.md`` reports a ridge baseline (R² 0.46 arousal / 0.02 valence, 16 kHz);
 this module reproduces that kind of number inside the project so that a report row says what the
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from app.core.audio import decode
 from app.core.contract import OUTPUTS, transform_features
@@ -156,3 +160,59 @@ def level_sensitivity(model: RidgeModel, clip: Clip, extractor: FeatureExtractor
         for a, b in ((low, mid), (mid, high), (low, high))
     }
     return {"clip": clip.clip_id, "mean_abs_change_arousal_valence": shift}
+
+
+def clip_summary_features(features: FloatArray, transform: str) -> Float64Array:
+    """One clip's mean and standard deviation over frames of its compressed features, ``(2 F,)``."""
+    x = transform_features(features.astype(np.float64), transform)
+    return np.concatenate([x.mean(axis=0), x.std(axis=0)])
+
+
+def _logistic(x: Float64Array, y: Float64Array, lam: float, max_iter: int) -> Float64Array:
+    """L2-penalised logistic regression (labels ±1, bias unpenalised) by L-BFGS; weights then bias."""
+    n = x.shape[0]
+
+    def loss(w: Float64Array) -> tuple[float, Float64Array]:
+        z = x @ w[:-1] + w[-1]
+        g = -y / (1.0 + np.exp(y * z))
+        value = float(np.logaddexp(0.0, -y * z).mean() + 0.5 * lam * (w[:-1] @ w[:-1]))
+        return value, np.concatenate([x.T @ g / n + lam * w[:-1], [g.mean()]])
+
+    result = minimize(
+        loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": max_iter}
+    )
+    return np.asarray(result.x)
+
+
+def clip_probe_cv(
+    clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    k: int = 5,
+    lam: float = 0.1,
+    transform: str = "signed_log1p",
+    fold_seed: int = 0,
+    max_iter: int = 300,
+) -> tuple[list[str], FloatArray]:
+    """The linear probe of clip-level labels: logistic regression on a clip's feature mean and std.
+
+    One model per output, trained on the other folds (grouped as the joint CV's folds: the same
+    :func:`~model_export.evaluate.group_folds` assignment), standardised with their statistics. What a
+    linear map of whole-clip statistics gets from the features, for the joint report to beat.
+
+    Returns:
+        Clip ids and ``(N, 2)`` out-of-fold scores ``tanh(decision)``: their signs are the predicted
+        signs, their order the ranking (the mean level of a probe means nothing).
+    """
+    usable = [c for c in clips if c.clip_id in features]
+    x = np.stack([clip_summary_features(features[c.clip_id], transform) for c in usable])
+    signs = np.stack([np.sign(c.targets[0]) for c in usable]).astype(np.float64)
+    scores = np.zeros_like(signs)
+    for test in group_folds([c.group for c in usable], k, fold_seed):
+        train_idx = np.setdiff1d(np.arange(len(usable)), test)
+        mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0)
+        std[std < 1e-12] = 1.0
+        z = (x - mean) / std
+        for d in range(signs.shape[1]):
+            w = _logistic(z[train_idx], signs[train_idx, d], lam, max_iter)
+            scores[test, d] = z[test] @ w[:-1] + w[-1]
+    return [c.clip_id for c in usable], np.tanh(scores).astype(np.float32)

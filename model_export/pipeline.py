@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.core.contract import FeatureConfig, ModelContract
 from app.core.features import FeatureExtractor, opensmile_version
 from app.core.types import FloatArray
@@ -265,6 +267,7 @@ def joint_cv(
     references: Sequence[Path] = (),
     quoted: Path | None = None,
     smoothing: Smoothing | None = None,
+    probe: bool = False,
 ) -> tuple[list[JointCVResult], dict[str, Any]]:
     """The joint protocol (:mod:`model_export.joint`) for each configuration, and its report.
 
@@ -282,6 +285,7 @@ def joint_cv(
         references: Exported models to score on all clip-labelled clips (e.g. the shipped model).
         quoted: A JSON list of rows measured elsewhere, each with a ``source``.
         smoothing: Also report each configuration with this output smoothing (an extra row).
+        probe: Add the linear probe's row (:func:`model_export.baseline.clip_probe_cv`, same folds).
 
     Returns:
         The results and the report's JSON content.
@@ -306,6 +310,24 @@ def joint_cv(
     rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]
     if quoted is not None:
         rows += json.loads(quoted.read_text())
+    if probe:
+        from model_export.baseline import clip_probe_cv
+        from model_export.clip_metrics import clip_scores
+
+        ids, scores = clip_probe_cv(clip_data.clips, clip_data.features, k=folds)
+        by_id = {c.clip_id: c for c in clip_data.clips}
+        signs = np.stack([np.sign(by_id[i].targets[0]) for i in ids])
+        rows.append(
+            {
+                "model": "linear probe",
+                "source": "logistic regression (L2 0.1) on each clip's mean and std of signed-log1p "
+                "features, one per output, the same folds (its mean level is not a prediction)",
+                "folds": f"{folds}/{folds}",
+                "clip": clip_scores(scores, signs),
+                "frame": None,
+                "jitter": None,
+            }
+        )
     genres = None
     if clip_spec.dataset == "fourq":
         from model_export.datasets.fourq import read_metadata

@@ -91,6 +91,8 @@ class TrainConfig:
         clip_weight: Weight of a clip-labelled frame against a frame-labelled one in the loss.
         clip_confidence: Also weight each clip-labelled clip by its label's confidence (4Q: PQuad).
         weight_decay: RMSProp's L2 penalty on every weight (0: none, the paper's setting).
+        domain_statistics: Standardise frame-labelled and clip-labelled clips each with their own
+            statistics in training; the model (and serving) uses the clip-labelled ones.
     """
 
     preset: str = "LSTM_AT_400"
@@ -112,6 +114,7 @@ class TrainConfig:
     clip_weight: float = 1.0
     clip_confidence: bool = False
     weight_decay: float = 0.0
+    domain_statistics: bool = False
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -426,18 +429,29 @@ def _train(
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
     extra = [f for fs in train_variants for f in fs]
-    mean, std = fit_statistics([*train_features, *extra], cfg.feature_transform)
-    normaliser = Normaliser(mean, std, cfg.feature_transform, cfg.clip_z)
-    train_seqs = make_sequences(train_features, train_targets, normaliser, cfg.targets, train_supervision)
+    kinds = list(train_supervision or [FRAME_LABELS] * len(train_features))
+    normalisers = _normalisers(cfg, train_features, extra, kinds)
+    normaliser = normalisers[True]
+
+    def sequences(
+        feats: Sequence[FloatArray], targs: Sequence[FloatArray], sup: Sequence[Supervision]
+    ) -> list[TrainSequence]:
+        if normalisers[False] is normalisers[True]:
+            return make_sequences(feats, targs, normaliser, cfg.targets, sup)
+        return [
+            make_sequences([f], [t], normalisers[k.clip_level], cfg.targets, [k])[0]
+            for f, t, k in zip(feats, targs, sup, strict=True)
+        ]
+
+    train_seqs = sequences(train_features, train_targets, kinds)
     # renditions[i]: the original and the variants of training piece i, one drawn per epoch.
     renditions = [[seq] for seq in train_seqs]
     for i, fs in enumerate(train_variants):
-        kinds = [train_seqs[i].supervision] * len(fs)
-        renditions[i].extend(make_sequences(fs, [train_targets[i]] * len(fs), normaliser, cfg.targets, kinds))
+        renditions[i].extend(sequences(fs, [train_targets[i]] * len(fs), [kinds[i]] * len(fs)))
     augmented = any(len(r) > 1 for r in renditions)
     aug_rng = np.random.default_rng([cfg.seed, 0xA06])
-    val_seqs = make_sequences(val_features, val_targets, normaliser, cfg.targets, val_supervision)
-    model_cfg = cfg.model_config(int(mean.shape[0]))
+    val_seqs = sequences(val_features, val_targets, val_supervision or [FRAME_LABELS] * len(val_features))
+    model_cfg = cfg.model_config(int(normaliser.mean.shape[0]))
     model = build_model(model_cfg, seed=cfg.seed)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -479,6 +493,31 @@ def _train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
+
+
+def _normalisers(
+    cfg: TrainConfig,
+    train_features: Sequence[FloatArray],
+    variants: Sequence[FloatArray],
+    kinds: Sequence[Supervision],
+) -> dict[bool, Normaliser]:
+    """The input normaliser per label kind (``True``: clip-labelled); one shared unless ``domain_statistics``.
+
+    With ``domain_statistics`` and both kinds present, each kind is standardised with its own
+    training frames' statistics, and the clip-labelled (real-music) one is the model's: it is what the
+    exported graph and serving apply to every input.
+    """
+    clip = [f for f, k in zip(train_features, kinds, strict=True) if k.clip_level]
+    frame = [f for f, k in zip(train_features, kinds, strict=True) if not k.clip_level]
+
+    def build(features: Sequence[FloatArray]) -> Normaliser:
+        mean, std = fit_statistics(features, cfg.feature_transform)
+        return Normaliser(mean, std, cfg.feature_transform, cfg.clip_z)
+
+    if not (cfg.domain_statistics and clip and frame):
+        shared = build([*train_features, *variants])
+        return {False: shared, True: shared}
+    return {False: build([*frame, *variants]), True: build(clip)}
 
 
 def validation_split(groups: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:

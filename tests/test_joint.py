@@ -44,7 +44,7 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tup
     reference = export_tiny_model(tmp)
     quoted = tmp / "quoted.json"
     quoted.write_text(
-        json.dumps([{"model": "linear probe", "source": "ABOUT.md", "clip": None, "folds": "5"}])
+        json.dumps([{"model": "quoted probe", "source": "ABOUT.md", "clip": None, "folds": "5"}])
     )
     args = [
         "joint-cv",
@@ -56,7 +56,7 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tup
         "--folds", "2",
         "--out", str(tmp / "report"),
         "--reference", str(reference), "--quoted", str(quoted),
-        "--smoothing-alpha", "0.9",
+        "--smoothing-alpha", "0.9", "--probe",
     ]  # fmt: skip
     assert main(args) == 0
     return tmp, args
@@ -68,8 +68,17 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     tmp, _ = joint_run
     doc = json.loads((tmp / "report" / "report.json").read_text())
     names = [r["model"] for r in doc["rows"]]
-    assert names == ["tiny 0.0.1", "linear probe", "LSTM_AT_400", "LSTM_AT_400 + smoothing 0.9"]
-    row = doc["rows"][2]
+    assert names == [
+        "tiny 0.0.1",
+        "quoted probe",
+        "linear probe",
+        "LSTM_AT_400",
+        "LSTM_AT_400 + smoothing 0.9",
+    ]
+    probe = doc["rows"][2]
+    assert probe["clip"]["clips"] == 40
+    assert probe["clip"]["arousal"]["auc"] > 0.7  # a linear map of clip statistics finds the arousal too
+    row = doc["rows"][3]
     assert row["folds"] == "2/2"
     assert row["clip"]["clips"] == 40
     assert sum(map(sum, row["clip"]["confusion"])) == 40
@@ -85,7 +94,7 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     assert (tmp / "report" / "clip_means.png").stat().st_size > 1000
     # The clip labels were learnt: the clip means rank arousal better than chance, out of fold.
     assert row["clip"]["arousal"]["auc"] > 0.7
-    smoothed = doc["rows"][3]
+    smoothed = doc["rows"][4]
     for d in (0, 1):  # the same predictions, smoothed: far smaller steps, the same labels
         assert smoothed["jitter"]["predictions"][d] < 0.5 * row["jitter"]["predictions"][d]
         assert smoothed["jitter"]["labels"][d] == row["jitter"]["labels"][d]
@@ -106,8 +115,8 @@ def test_stored_folds_rebuild_the_report_without_training(
     monkeypatch.setattr(joint, "train_joint", refuse)
     assert main(args) == 0
     after = json.loads((tmp / "report" / "report.json").read_text())
-    assert after["rows"][2]["clip"] == before["rows"][2]["clip"]
-    assert after["rows"][2]["frame_per_fold"] == before["rows"][2]["frame_per_fold"]
+    assert after["rows"][3]["clip"] == before["rows"][3]["clip"]
+    assert after["rows"][3]["frame_per_fold"] == before["rows"][3]["frame_per_fold"]
 
 
 def test_train_on_both_kinds_of_labels_records_both_datasets(

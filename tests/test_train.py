@@ -313,3 +313,20 @@ def test_unknown_clip_loss_is_refused() -> None:
         TrainConfig(clip_loss="mae")
     with pytest.raises(ValueError, match="clip_target"):
         TrainConfig(clip_target=0.0)
+
+
+def test_domain_statistics_standardise_each_kind_with_its_own_and_serve_the_clip_labelled_ones() -> None:
+    feats, targs = _toy(12, 0)
+    other = [(f * 0.01 - 7.0).astype(np.float32) for f in feats[:6]]  # another "domain": other scale
+    signs = [np.sign(t) + (t == 0) for t in targs[:6]]
+    kinds = [Supervision()] * 12 + [Supervision(clip_level=True)] * 6
+    cfg = _cfg(epochs=1, domain_statistics=True)
+    res = train(cfg, [*feats, *other], [*targs, *signs], [], [], progress=False, train_supervision=kinds)
+    clip_mean, _ = fit_statistics(other, "none")
+    np.testing.assert_allclose(res.normaliser.mean.numpy(), clip_mean, rtol=1e-6)
+    shared = train(
+        _cfg(epochs=1), [*feats, *other], [*targs, *signs], [], [], progress=False, train_supervision=kinds
+    )
+    both, _ = fit_statistics([*feats, *other], "none")
+    np.testing.assert_allclose(shared.normaliser.mean.numpy(), both, rtol=1e-6)
+    assert not _same_weights(res.model, shared.model)
