@@ -17,6 +17,10 @@ MODEL_VERSION ?= 1.0.1
 CV_OUT ?= docs/results/vgmidi_16k
 CV_FOLDS_TO_RUN ?= 10
 CHECKPOINT ?= cache/checkpoints/default.pt
+# The service's uvicorn flags (also the Dockerfile's CMD): JSON 400s from the HTTP parser itself, and a
+# bounded graceful shutdown (requests in flight get this long after SIGTERM, then are cancelled).
+SHUTDOWN_TIMEOUT_S ?= 10
+UVICORN_FLAGS ?= --http app.http.protocols:JsonErrorProtocol --timeout-graceful-shutdown $(SHUTDOWN_TIMEOUT_S)
 
 .PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve cv model clean
 
@@ -33,7 +37,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve
-	exec $(BIN)/uvicorn --factory app.main:create_app --host $(HOST) --port $(PORT)
+	exec $(BIN)/uvicorn --factory app.main:create_app --host $(HOST) --port $(PORT) $(UVICORN_FLAGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -69,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Added innermost first: metrics see every response, CORS headers reach error responses, the key
     # is checked before the body is read, and the body limit applies to every route.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        max_inflight_bytes=settings.max_inflight_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
     if settings.api_key is not None:
         app.add_middleware(
             ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS

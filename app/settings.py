@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the shipped default model lives, relative to the repository / image root.
@@ -28,8 +28,23 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=100 * 1024 * 1024, gt=0, description="Largest accepted request body, in bytes."
     )
+    max_inflight_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Most request-body bytes held at once, over all requests in progress; a body that "
+        "does not fit gets 503 with Retry-After (default sized for the compose file's 2 GB limit).",
+    )
+    body_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest a request body may take to arrive (408 after that)."
+    )
     max_duration_s: float = Field(
         default=900.0, gt=0, description="Longest accepted audio (or requested range), seconds."
+    )
+    max_decoded_samples: int = Field(
+        default=900 * 96_000 * 2,
+        gt=0,
+        description="Most native samples (frames x channels, from the header) one upload may need decoded: "
+        "bounds the work a small compressed file can demand (default: 15 min of 96 kHz stereo).",
     )
     providers: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
@@ -45,8 +60,14 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Threads decoding audio and extracting features (0: one per core)."
     )
     max_batch: int = Field(default=16, ge=1, description="Most clips in one ONNX Runtime call.")
+    max_extract_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Most seconds of audio extracted at once over all worker threads (openSMILE needs "
+        "about 0.7 MB per second); more waits, a longer clip runs alone.",
+    )
     max_batch_frames: int = Field(
-        default=4096,
+        default=2048,
         ge=1,
         description="Most padded frames (clips x longest clip) in one ONNX Runtime call; a longer clip "
         "runs alone.",
@@ -87,6 +108,16 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_one_body(self) -> Settings:
+        # A body as large as allowed must fit the in-flight budget, or it could never be read.
+        if self.max_inflight_body_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_inflight_body_bytes ({self.max_inflight_body_bytes}) must be at least "
+                f"max_upload_bytes ({self.max_upload_bytes})"
+            )
+        return self
 
     @property
     def pool_size(self) -> int:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from app.core.contract import FeatureConfig
 from app.core.features import FeatureExtractor
+from app.http.protocols import JsonErrorProtocol
 from app.main import create_app
 from app.settings import Settings
 from model_export.testing import export_tiny_model, synth_music
@@ -66,7 +67,15 @@ def _free_port() -> int:
 def running_uvicorn(app: FastAPI) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
     """Run ``app`` under a real uvicorn server on a loopback port; yield its URL, server and thread."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        http=JsonErrorProtocol,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import io
+import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from app.core.audio import decode, probe
 from app.core.errors import (
+    AudioTooLargeError,
     AudioTooLongError,
     AudioTooShortError,
     CorruptAudioError,
@@ -205,3 +209,51 @@ def test_time_range_is_decoded_without_the_rest() -> None:
             decode(data, SR, offset_s=bad)
         with pytest.raises(InvalidRequestError, match="finite"):
             decode(data, SR, duration_s=bad)
+
+
+def test_decoding_budget_is_checked_from_the_header_before_decoding() -> None:
+    data = encode(np.zeros(192_000 * 3, np.int16), 192_000, "FLAC")  # 3 s at 192 kHz: tiny when compressed
+    with pytest.raises(AudioTooLargeError, match="576000 samples to decode; the limit is 500000"):
+        decode(data, SR, max_decoded_samples=500_000)
+    stereo = encode(np.zeros((48_000, 2), np.int16), 48_000, "FLAC")  # frames x channels counts
+    with pytest.raises(AudioTooLargeError):
+        decode(stereo, SR, max_decoded_samples=95_999)
+    assert decode(stereo, SR, max_decoded_samples=96_000).size == SR
+
+
+def test_memory_follows_the_analysis_rate_not_the_native_rate() -> None:
+    seconds = 60
+    data = encode(np.zeros(192_000 * seconds, np.int16), 192_000, "FLAC")
+    tracemalloc.start()
+    try:
+        y = decode(data, SR)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert y.size == SR * seconds
+    analysis, native = y.nbytes, 192_000 * seconds * 4
+    assert peak < 2 * analysis + 4_000_000, (peak, analysis, native)  # the signal + a few native blocks
+    assert peak < native / 5
+
+
+def test_streaming_decode_equals_resampling_the_whole_signal(clip44: np.ndarray) -> None:
+    x = clip44[: 44_100 * 7]
+    got = decode(encode(x, 44_100, "WAV", "FLOAT"), SR)
+    expected = np.clip(soxr.resample(x, 44_100, SR, quality="HQ"), -1, 1)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_wav_whose_data_chunk_declares_zero_bytes_but_holds_audio_is_corrupt_not_empty() -> None:
+    data = bytearray(encode(np.full(8_000, 1000, np.int16), 8_000, "WAV", "PCM_16"))
+    i = data.find(b"data")
+    data[i + 4 : i + 8] = struct.pack("<I", 0)
+    with pytest.raises(CorruptAudioError, match="declares 0 bytes but 16000 bytes follow"):
+        decode(bytes(data), SR)
+
+
+def test_mp3_cut_before_its_first_frame_says_so_not_that_a_file_is_missing() -> None:
+    mp3 = encode(synth_music(2.0, 44_100), 44_100, "MP3")
+    with pytest.raises(UnsupportedAudioError) as info:
+        decode(mp3[:400], SR)
+    assert "no decodable audio stream" in info.value.message
+    assert "regular file" not in info.value.message

@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from app.core.errors import InvalidFeaturesError, OverloadedError, PayloadTooLar
 from app.core.features import FeatureExtractor
 from app.core.predictor import Predictor
 from app.serving.batcher import DynamicBatcher
-from app.serving.pool import WorkerPool
+from app.serving.memory import release_memory
+from app.serving.pool import AudioBudget, WorkerPool
 from model_export.testing import encode, synth_music
 from tests.conftest import serving
 
@@ -279,3 +281,41 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(served_model: Path) -
             assert r.json()["error"]["code"] == "overloaded"
         else:
             assert r.json()["num_frames"] == 2
+
+
+def test_the_audio_budget_bounds_the_seconds_extracted_at_once() -> None:
+    budget = AudioBudget(100.0)
+    active: list[float] = []
+    most = [0.0]
+    lock = threading.Lock()
+
+    def work(seconds: float) -> None:
+        with budget.hold(seconds):
+            with lock:
+                active.append(seconds)
+                most[0] = max(most[0], sum(active))
+            time.sleep(0.05)
+            with lock:
+                active.remove(seconds)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (60, 60, 30, 30, 150, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert all(not t.is_alive() for t in threads)  # a clip over the whole budget still runs, alone
+    assert most[0] <= 150
+    assert budget.held == 0.0
+
+
+def test_the_audio_budget_is_given_back_when_extraction_fails() -> None:
+    budget = AudioBudget(10.0)
+    with pytest.raises(RuntimeError), budget.hold(8.0):
+        raise RuntimeError("openSMILE failed")
+    assert budget.held == 0.0
+    with budget.hold(10.0):
+        assert budget.held == 10.0
+
+
+def test_memory_can_be_handed_back_on_this_platform() -> None:
+    assert release_memory() in (True, False)  # glibc: whether pages were released; never raises

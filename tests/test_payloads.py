@@ -198,3 +198,46 @@ def test_bad_tensors_are_422(tensor: dict[str, object], match: str) -> None:
 def test_bad_inference_documents_are_422(doc: object, match: str) -> None:
     with pytest.raises(InvalidRequestError, match=match):
         tensor_from_json(json.dumps(doc).encode())
+
+
+def test_two_file_parts_are_refused_not_concatenated() -> None:
+    request = httpx.Request(
+        "POST",
+        "http://x/",
+        files=[("file", ("a.wav", b"RIFF1", "audio/wav")), ("file", ("b.png", b"PNG", "image/png"))],
+    )
+    with pytest.raises(InvalidRequestError, match="2 'file' parts; send exactly one"):
+        audio_from_body(request.read(), request.headers["content-type"])
+
+
+def test_a_large_file_part_comes_back_whole_from_views_of_the_body() -> None:
+    payload = bytes(range(256)) * 40_000  # 10 MB with every byte value, boundary-like runs included
+    body, ctype = multipart({"file": ("a.bin", payload, "application/octet-stream")}, {"other": "x"})
+    assert audio_from_body(body, ctype) == payload
+
+
+def test_an_integer_of_thousands_of_digits_is_422_not_500() -> None:
+    digits = b"1" * 5001
+    with pytest.raises(InvalidFeaturesError, match=r"not valid JSON.*digits"):
+        features_from_body(b'{"features": [[' + digits + b"]]}", "application/json")
+    doc = b'{"inputs": [{"name": "features", "shape": [1], "datatype": "FP32", "data": [' + digits + b"]}]}"
+    with pytest.raises(InvalidRequestError, match="digits"):
+        tensor_from_json(doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"features": [[0.5, True]]},
+        {"items": [{"id": 1, "features": [[0.5, 0.1], [False, 0.2]]}]},
+    ],
+)
+def test_json_booleans_are_not_read_as_numbers(doc: object) -> None:
+    with pytest.raises(InvalidFeaturesError, match="true/false"):
+        features_from_body(json.dumps(doc).encode(), "application/json")
+
+
+def test_json_booleans_in_a_tensor_are_refused() -> None:
+    doc = {"inputs": [{"name": "features", "shape": [2], "datatype": "FP32", "data": [1.0, True]}]}
+    with pytest.raises(InvalidRequestError, match="true/false"):
+        tensor_from_json(json.dumps(doc).encode())

@@ -42,7 +42,7 @@ def frames_of(body: dict[str, Any]) -> np.ndarray:
 
 
 def expected(
-    data: bytes, predictor: Predictor, fx: FeatureExtractor, **range_s: float
+    data: bytes, predictor: Predictor, fx: FeatureExtractor, **range_s: Any
 ) -> tuple[np.ndarray, float]:
     feats = fx.extract(decode(data, SR, **range_s))
     return predictor.predict(feats.values), feats.gain_db

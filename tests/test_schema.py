@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -21,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.core.contract import NUM_COMPARE_FEATURES
 from tests.conftest import serving
 
 CHECKS = [
@@ -72,6 +74,14 @@ def test_schema_documents_every_route_with_examples_and_error_shapes(url: str) -
         ref = upload["responses"][code]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/ErrorResponse"
     assert "HTTPValidationError" not in components  # FastAPI's 422 shape is replaced by the one shape
+    # The documented bodies are as strict as the server where JSON Schema can say it: F values per
+    # frame, a float32 range, [B >= 1, T >= 1, F] for OIP (its Literal must be the contract's width).
+    row = components["FeaturesRequest"]["properties"]["features"]["items"]
+    assert row["minItems"] == row["maxItems"] == NUM_COMPARE_FEATURES
+    assert row["items"]["maximum"] == pytest.approx(float(np.finfo(np.float32).max))
+    shape = components["RequestInput"]["properties"]["shape"]["prefixItems"]
+    assert [s["exclusiveMinimum"] for s in shape[:2]] == [0, 0]
+    assert shape[2]["const"] == NUM_COMPARE_FEATURES
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

@@ -42,7 +42,16 @@ def test_defaults_are_safe() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"max_batch": 0}, {"max_queue": 0}, {"max_wait_ms": -1}, {"request_timeout_s": 0}, {"pool_workers": -1}],
+    [
+        {"max_batch": 0},
+        {"max_queue": 0},
+        {"max_wait_ms": -1},
+        {"request_timeout_s": 0},
+        {"pool_workers": -1},
+        {"body_read_timeout_s": 0},
+        {"max_decoded_samples": 0},
+        {"max_upload_bytes": 10_000, "max_inflight_body_bytes": 9_999},
+    ],
 )
 def test_out_of_range_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValidationError):

@@ -2,8 +2,10 @@
 
 libsndfile (through ``soundfile``) decodes WAV, FLAC, OGG/Vorbis, Opus and MP3 at any sample rate,
 channel count and sample format; ``soxr`` resamples. The header is read first, so audio longer than
-the configured maximum is refused before a single sample is decoded, and decoding stops as soon as a
-lying header is exceeded. Every failure is a typed :class:`~app.core.errors.ServiceError`.
+the configured maximum (or with more native samples than the decoding budget) is refused before a
+single sample is decoded, decoding stops as soon as a lying header is exceeded, and blocks are
+resampled as they are decoded, so memory follows the analysis-rate signal, never the native one.
+Every failure is a typed :class:`~app.core.errors.ServiceError`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import soxr
 
 from app.core.contract import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from app.core.errors import (
+    AudioTooLargeError,
     AudioTooLongError,
     AudioTooShortError,
     CorruptAudioError,
@@ -81,12 +84,14 @@ def decode(
     min_duration_s: float = 0.0,
     offset_s: float = 0.0,
     duration_s: float | None = None,
+    max_decoded_samples: int | None = None,
 ) -> FloatArray:
     """Decode audio to mono float32 in [-1, 1] at ``sample_rate``.
 
-    Channels are averaged block by block, so memory holds the mono signal only. Only the requested
-    time range is decoded: the file is seeked to ``offset_s`` and reading stops after
-    ``duration_s``.
+    The file is decoded block by block: each block is mixed to mono and fed to a streaming resampler,
+    so memory holds the analysis-rate signal and one native block, never the native-rate signal (a
+    15-minute 192 kHz file costs what 15 minutes at 16 kHz cost). Only the requested time range is
+    decoded: the file is seeked to ``offset_s`` and reading stops after ``duration_s``.
 
     Args:
         source: Encoded bytes, a file path, or a seekable binary stream.
@@ -95,6 +100,8 @@ def decode(
         min_duration_s: Refuse decoded audio shorter than this (e.g. one analysis frame).
         offset_s: Start of the range to decode, in seconds.
         duration_s: Length of the range to decode, in seconds (``None``: to the end).
+        max_decoded_samples: Refuse a range whose native samples (frames x channels, from the header)
+            exceed this: the decoding work a small compressed file can demand.
 
     Returns:
         1-D float32 array at ``sample_rate``.
@@ -105,6 +112,7 @@ def decode(
         EmptyAudioError: no samples at all.
         AudioTooShortError: fewer than ``min_duration_s`` seconds.
         AudioTooLongError: more than ``max_duration_s`` seconds.
+        AudioTooLargeError: more than ``max_decoded_samples`` native samples.
         InvalidRequestError: a negative offset/duration, or an offset past the end.
 
     Example:
@@ -134,18 +142,20 @@ def decode(
             raise AudioTooLongError(
                 f"audio lasts {wanted / info.sample_rate:.1f} s; the limit is {max_duration_s:g} s"
             )
-        mono = _read_mono(f, info, start, wanted if duration_s is not None else None, limit)
-    if mono.size == 0:
+        if max_decoded_samples is not None and wanted * info.channels > max_decoded_samples:
+            raise AudioTooLargeError(
+                f"{wanted / info.sample_rate:.1f} s of {info.channels}-channel audio at "
+                f"{info.sample_rate} Hz is {wanted * info.channels} samples to decode; the limit is "
+                f"{max_decoded_samples}"
+            )
+        mono, read = _read_resampled(
+            f, info, start, wanted if duration_s is not None else None, limit, sample_rate
+        )
+    if read == 0:
         raise EmptyAudioError("the audio holds no samples")
     expected = wanted if duration_s is not None else info.frames - start
-    if mono.size < expected * (1 - (_MP3_FRAME_TOLERANCE if info.format == "MP3" else 0)):
-        raise CorruptAudioError(
-            f"audio is truncated: header declares {expected} frames, only {mono.size} decode"
-        )
-    if not np.all(np.isfinite(mono)):
-        raise CorruptAudioError("audio holds NaN or infinite samples")
-    if info.sample_rate != sample_rate:
-        mono = soxr.resample(mono, info.sample_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+    if read < expected * (1 - (_MP3_FRAME_TOLERANCE if info.format == "MP3" else 0)):
+        raise CorruptAudioError(f"audio is truncated: header declares {expected} frames, only {read} decode")
     # Float formats may exceed full scale, and resampling can overshoot it slightly.
     np.clip(mono, -1.0, 1.0, out=mono)
     if mono.size < min_duration_s * sample_rate:
@@ -195,30 +205,51 @@ def _info(f: sf.SoundFile) -> AudioInfo:
     return info
 
 
-def _read_mono(
-    f: sf.SoundFile, info: AudioInfo, start: int, wanted: int | None, limit: int | None
-) -> FloatArray:
+def _read_resampled(
+    f: sf.SoundFile, info: AudioInfo, start: int, wanted: int | None, limit: int | None, sample_rate: int
+) -> tuple[FloatArray, int]:
+    """Decode block by block into a streaming resampler; return the mono signal and native frames read.
+
+    Each block is checked for non-finite samples before it is resampled. The output buffer is sized
+    from the header and grows only if the header under-declared (MP3 estimates).
+    """
+    resampler = (
+        None
+        if info.sample_rate == sample_rate
+        else soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    )
+    declared = (info.frames - start) if wanted is None else wanted
+    out = np.empty(math.ceil(max(declared, 0) * sample_rate / info.sample_rate) + 64, dtype=np.float32)
+    filled = total = 0
+
+    def append(chunk: FloatArray) -> None:
+        nonlocal out, filled
+        if filled + chunk.size > out.size:
+            out = np.concatenate([out[:filled], np.empty(max(chunk.size, out.size // 2), np.float32)])
+        out[filled : filled + chunk.size] = chunk
+        filled += chunk.size
+
     try:
         if start:
             f.seek(start)
-        blocks: list[FloatArray] = []
-        total = 0
         while wanted is None or total < wanted:
             n = _BLOCK_FRAMES if wanted is None else min(_BLOCK_FRAMES, wanted - total)
             block = f.read(n, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
                 break
             mono = block[:, 0].copy() if info.channels == 1 else block.mean(axis=1, dtype=np.float32)
-            blocks.append(mono)
             total += mono.size
             if limit is not None and total > limit:
                 # The header under-declared the length; stop before memory follows the lie.
                 raise AudioTooLongError(f"audio lasts more than {limit / info.sample_rate:g} s, the limit")
+            if not np.all(np.isfinite(mono)):
+                raise CorruptAudioError("audio holds NaN or infinite samples")
+            append(mono if resampler is None else resampler.resample_chunk(mono, last=False))
     except sf.LibsndfileError as exc:
         raise CorruptAudioError(f"audio data is damaged: {_reason(exc)}") from exc
-    if not blocks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(blocks)
+    if resampler is not None and total:
+        append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    return out[:filled], total
 
 
 def _check_riff_complete(source: Source) -> None:
@@ -236,8 +267,15 @@ def _check_riff_complete(source: Source) -> None:
         chunk_id = head[pos : pos + 4]
         (chunk_size,) = struct.unpack(fmt, head[pos + 4 : pos + 8])
         if chunk_id == b"data":
-            # 0 and 0xFFFFFFFF are placeholders written by streaming encoders.
-            if chunk_size not in (0, 0xFFFFFFFF) and pos + 8 + chunk_size > size:
+            present = size - pos - 8
+            if chunk_size == 0 and present > 0:
+                # libsndfile would read zero frames and call the file empty; it is not.
+                raise CorruptAudioError(
+                    f"WAV data chunk declares 0 bytes but {present} bytes follow it (a header a streaming "
+                    "writer never finished?); rewrite the header with the real length"
+                )
+            # 0xFFFFFFFF is the placeholder of streaming encoders; libsndfile reads to the end then.
+            if chunk_size != 0xFFFFFFFF and pos + 8 + chunk_size > size:
                 raise CorruptAudioError(
                     f"WAV is truncated: data chunk declares {chunk_size} bytes, {size - pos - 8} are present"
                 )
@@ -263,5 +301,9 @@ def _head_and_size(source: Source, n: int) -> tuple[bytes, int]:
 
 def _reason(exc: Exception) -> str:
     # libsndfile prefixes messages with "Error opening <_io.BytesIO object at 0x...>:"; drop that.
-    text = str(exc)
-    return text.split(">: ", 1)[-1].strip()
+    text = str(exc).split(">: ", 1)[-1].strip()
+    if "does not exist or is not a regular file" in text:
+        # What libsndfile says of in-memory data in which it finds no stream it can open at all (e.g.
+        # an MP3 cut off before its first complete frame); there is no file or pipe involved.
+        return "no decodable audio stream found: the data is too short, damaged or not audio"
+    return text

@@ -68,6 +68,13 @@ class AudioTooLongError(ServiceError):
     code = "audio_too_long"
 
 
+class AudioTooLargeError(ServiceError):
+    """The audio would need more native samples (frames x channels) decoded than the configured budget."""
+
+    status_code = 413
+    code = "audio_too_large"
+
+
 class PayloadTooLargeError(ServiceError):
     """The request body exceeds the configured byte limit."""
 
@@ -134,6 +141,13 @@ class TooManyFramesError(ServiceError):
 
     status_code = 413
     code = "too_many_frames"
+
+
+class RequestBodyTimeoutError(ServiceError):
+    """The request body did not arrive within the configured body-read time."""
+
+    status_code = 408
+    code = "body_timeout"
 
 
 class UnsupportedMediaTypeError(ServiceError):

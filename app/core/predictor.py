@@ -123,6 +123,10 @@ class Predictor:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Without the arena the memory of a long clip's run is freed when it ends; with it ONNX
+        # Runtime keeps its peak for good (measured: +596 MB kept after 2 x 1798 frames, 35 MB without;
+        # 61-frame latency unchanged).
+        options.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(os.fspath(model_path), options, providers=wanted)
         except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)

@@ -17,12 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import InvalidRequestError, ServiceError
 
-__all__ = ["error_response", "handle_error", "install_error_handlers"]
+__all__ = ["HTTP_CODES", "error_response", "handle_error", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
 #: Codes of the framework's own HTTP errors (routing), in the vocabulary of ``app.core.errors``.
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -55,7 +55,7 @@ async def handle_error(_: Request, exc: Exception) -> Response:
         return error_response(InvalidRequestError("; ".join(problems) or "invalid request"))
     if isinstance(exc, StarletteHTTPException):
         # Routing's own errors (unknown path, wrong method); their headers (Allow) are kept.
-        body = {"error": {"code": _HTTP_CODES.get(exc.status_code, "http_error"), "message": str(exc.detail)}}
+        body = {"error": {"code": HTTP_CODES.get(exc.status_code, "http_error"), "message": str(exc.detail)}}
         return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
     log.error("unhandled error", exc_info=exc)
     return error_response(ServiceError("internal error; the service log has the details"))

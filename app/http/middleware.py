@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request metrics, API-key check, and the streaming body-size limit.
+"""Pure-ASGI middleware: request metrics, API-key check, and the bounded body reader.
 
 They sit outside FastAPI's exception handling, so when they refuse a request they send the one error
 shape themselves, through :func:`app.http.errors.error_response` like the exception handler.
@@ -6,6 +6,7 @@ shape themselves, through :func:`app.http.errors.error_response` like the except
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -15,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import PayloadTooLargeError, UnauthorizedError
+from app.core.errors import OverloadedError, PayloadTooLargeError, RequestBodyTimeoutError, UnauthorizedError
 from app.http.errors import error_response
 from app.serving.metrics import ServiceMetrics
 
@@ -107,59 +108,136 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 before reading them whole.
+    """Bound every request body: its size, the bytes held across requests, and the time to read it.
 
-    A declared Content-Length over the limit is refused before one byte of the body is read; otherwise
-    the bytes are counted as they arrive and the request is refused as soon as the count passes the
-    limit. A body within the limit is handed on in memory as one message, so routes get it without
-    temporary files.
+    - A declared Content-Length over ``max_bytes`` is refused (413) before one byte is read; otherwise
+      the bytes are counted as they arrive and the request is refused as soon as the count passes it.
+    - All bodies being read or held by a request in progress share a budget of ``max_inflight_bytes``:
+      a declared length is reserved before reading, chunked bodies reserve as they arrive, and a body
+      that does not fit is answered 503 with Retry-After at once. The reservation is released when
+      the request's response is done, since the route holds the body until then.
+    - The whole body must arrive within ``read_timeout_s``: a client that stalls, or sends less than
+      its Content-Length, gets 408 and the connection is closed, so it can hold neither memory nor a
+      worker, nor delay shutdown for longer than that.
+
+    A body within the limits is handed on in memory as one message, so routes get it without
+    temporary files. The state is one counter on the event loop's thread: no lock is needed.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_inflight_bytes: int, read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_inflight_bytes = max_inflight_bytes
+        self.read_timeout_s = read_timeout_s
+        #: Body bytes reserved by requests in progress.
+        self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send, f"Content-Length {declared}")
+        declared_text = Headers(scope=scope).get("content-length")
+        declared = int(declared_text) if declared_text is not None and declared_text.isdigit() else 0
+        if declared > self.max_bytes:
+            await self._refuse(scope, receive, send, f"Content-Length {declared_text}")
             return
+        reservation = _Reservation(self)
+        try:
+            if not reservation.grow_to(declared):
+                await self._busy(scope, receive, send)
+                return
+            body = await self._read(scope, receive, send, declared, reservation)
+            if body is not None:
+                await self.app(scope, _replay(body, receive), send)
+        finally:
+            reservation.release()
+
+    async def _read(
+        self, scope: Scope, receive: Receive, send: Send, declared: int, reservation: _Reservation
+    ) -> bytes | None:
+        """The whole body, or ``None`` once a refusal has been sent (or the client left)."""
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                exc = RequestBodyTimeoutError(
+                    f"the request body did not arrive within {self.read_timeout_s:g} s "
+                    f"({size} of {declared or 'an unknown number of'} bytes received)"
+                )
+                exc.headers["Connection"] = "close"
+                await error_response(exc)(scope, receive, send)
+                return None
             if message["type"] != "http.request":  # the client went away
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
                 await self._refuse(scope, receive, send, f"more than {size} bytes")
-                return
+                return None
+            if not reservation.grow_to(size):  # chunked bodies reserve as they arrive
+                await self._busy(scope, receive, send)
+                return None
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        del chunks
-        replayed = False
+                return b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal replayed, body
-            if not replayed:
-                replayed = True
-                message: Message = {"type": "http.request", "body": body, "more_body": False}
-                body = b""  # the app holds the only reference from here on
-                return message
-            return await receive()  # e.g. http.disconnect
-
-        await self.app(scope, replay, send)
+    async def _busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exc = OverloadedError(
+            f"the service holds {self.inflight} bytes of request bodies, its budget is "
+            f"{self.max_inflight_bytes}; retry shortly",
+            retry_after_s=2,
+        )
+        exc.headers["Connection"] = "close"  # the unread rest of the body makes the connection unusable
+        await error_response(exc)(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
         exc = PayloadTooLargeError(f"request body of {what} exceeds the limit of {self.max_bytes} bytes")
         # The unread rest of the body makes the connection unusable for another request.
         exc.headers["Connection"] = "close"
         await error_response(exc)(scope, receive, send)
+
+
+class _Reservation:
+    """One request's share of :attr:`BodyLimitMiddleware.inflight`."""
+
+    def __init__(self, owner: BodyLimitMiddleware) -> None:
+        self.owner = owner
+        self.held = 0
+
+    def grow_to(self, n: int) -> bool:
+        """Hold ``n`` bytes in all; False (holding what it held) if that passes the budget."""
+        extra = n - self.held
+        if extra <= 0:
+            return True
+        if self.owner.inflight + extra > self.owner.max_inflight_bytes:
+            return False
+        self.owner.inflight += extra
+        self.held = n
+        return True
+
+    def release(self) -> None:
+        """Give everything back (the request is done)."""
+        self.owner.inflight -= self.held
+        self.held = 0
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the whole body once, then passes on (e.g. http.disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed, body
+        if not replayed:
+            replayed = True
+            message: Message = {"type": "http.request", "body": body, "more_body": False}
+            body = b""  # the app holds the only reference from here on
+            return message
+        return await receive()
+
+    return replay

@@ -6,9 +6,12 @@ parsed in worker threads by :mod:`app.serving.payloads`) document those bodies i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from app.core.contract import NUM_COMPARE_FEATURES
 
 # --- errors ---------------------------------------------------------------------------------------------
 
@@ -127,17 +130,25 @@ class AudioPredictionResponse(FramesResponse):
     )
 
 
+#: The largest finite float32: the features are float32 for the model, so larger values are refused.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: A feature value: any number float32 can hold.
+Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+#: One frame of raw features: exactly F values (what the served contract's feature set computes).
+FeatureRow = Annotated[list[Float32], Field(min_length=NUM_COMPARE_FEATURES, max_length=NUM_COMPARE_FEATURES)]
+
+
 class FeaturesRequest(BaseModel):
     """One clip of raw ComParE_2016 functionals, one row of F (6373) values per 500 ms frame."""
 
-    features: list[list[float]] = Field(min_length=1, description="(T, F) raw features, T >= 1.")
+    features: list[FeatureRow] = Field(min_length=1, description="(T, F) raw features, T >= 1.")
 
 
 class FeaturesItem(BaseModel):
     """One clip of a batch."""
 
     id: str | int = Field(description="The client's id, echoed in the response.")
-    features: list[list[float]] = Field(min_length=1, description="(T, F) raw features, T >= 1.")
+    features: list[FeatureRow] = Field(min_length=1, description="(T, F) raw features, T >= 1.")
 
 
 class BatchFeaturesRequest(BaseModel):
@@ -237,9 +248,12 @@ class RequestInput(BaseModel):
     """An input tensor: ``data`` holds prod(shape) numbers in row-major order."""
 
     name: Literal["features"]
-    shape: list[int] = Field(min_length=3, max_length=3, description="[B, T, F] with F = 6373.")
+    # Literal needs the number itself: NUM_COMPARE_FEATURES (tests/test_schema.py checks they agree).
+    shape: tuple[PositiveInt, PositiveInt, Literal[6373]] = Field(description="[B, T, F] with F = 6373.")
     datatype: Literal["FP32"]
-    data: list[float]
+    data: list[Float32] = Field(
+        min_length=NUM_COMPARE_FEATURES, description="B * T * F numbers (at least one frame), row-major."
+    )
     parameters: dict[str, Any] | None = None
 
 

@@ -91,7 +91,9 @@ def _multipart_field(body: bytes, content_type: str, field: str) -> bytes:
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidRequestError("multipart/form-data Content-Type without a boundary")
-    parts: dict[str, list[bytes]] = {}
+    # Each part named `field` is a list of views of the body; other parts are only named.
+    parts: dict[str, list[list[memoryview]]] = {}
+    names: list[str] = []
     current: dict[str, Any] = {"headers": {}, "name": None, "field": b"", "value": b""}
     ended = False
 
@@ -113,11 +115,14 @@ def _multipart_field(body: bytes, content_type: str, field: str) -> bytes:
         name = options.get(b"name")
         current["name"] = name.decode("utf-8", "replace") if name is not None else None
         if current["name"] is not None:
-            parts.setdefault(current["name"], [])
+            names.append(current["name"])
+        if current["name"] == field:
+            parts.setdefault(field, []).append([])
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if current["name"] == field:  # other fields are ignored, not kept
-            parts[field].append(data[start:end])
+            # A view, not a copy: the part is copied once, when its pieces are joined.
+            parts[field][-1].append(memoryview(data)[start:end])
 
     def on_end() -> None:
         nonlocal ended
@@ -143,9 +148,13 @@ def _multipart_field(body: bytes, content_type: str, field: str) -> bytes:
     if not ended:
         raise InvalidRequestError("malformed multipart body: it ends before its closing boundary")
     if field not in parts:
-        found = ", ".join(repr(name) for name in parts) or "none"
+        found = ", ".join(repr(name) for name in names) or "none"
         raise InvalidRequestError(f"multipart body has no field {field!r} (fields: {found})")
-    return b"".join(parts[field])
+    if len(parts[field]) > 1:
+        raise InvalidRequestError(
+            f"multipart body has {len(parts[field])} {field!r} parts; send exactly one audio file per request"
+        )
+    return b"".join(parts[field][0])
 
 
 # --- precomputed features -------------------------------------------------------------------------------
@@ -189,6 +198,7 @@ def features_from_body(body: bytes, content_type: str | None) -> FeaturesPayload
             '"items": [{"id": ..., "features": [[...], ...]}, ...] (a batch)'
         )
     if "features" in doc:
+        _refuse_booleans(doc["features"], '"features"', InvalidFeaturesError)
         return FeaturesPayload(clips=[doc["features"]], ids=None)
     items = doc["items"]
     if not isinstance(items, list) or not items:
@@ -200,6 +210,7 @@ def features_from_body(body: bytes, content_type: str | None) -> FeaturesPayload
         ident = item["id"]
         if isinstance(ident, bool) or not isinstance(ident, str | int):
             raise InvalidFeaturesError(f"items[{i}].id must be a string or an integer, got {ident!r}")
+        _refuse_booleans(item["features"], f"items[{i}].features", InvalidFeaturesError)
         ids.append(ident)
         clips.append(item["features"])
     return FeaturesPayload(clips=clips, ids=ids)
@@ -291,6 +302,7 @@ def tensor_from_json(body: bytes) -> TensorPayload:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise InvalidRequestError(f"inputs[0].shape must be a list of non-negative integers, got {shape!r}")
+    _refuse_booleans(tensor.get("data"), "inputs[0].data", InvalidRequestError)
     try:
         # Nested lists are allowed by the protocol too; flattening them keeps row-major order.
         data = np.asarray(tensor.get("data"))
@@ -314,6 +326,19 @@ def tensor_from_json(body: bytes) -> TensorPayload:
     return TensorPayload(id=ident, name=name, shape=tuple(shape), data=data, outputs=names)
 
 
+def _refuse_booleans(value: Any, where: str, error: type[InvalidFeaturesError | InvalidRequestError]) -> None:
+    """Refuse JSON ``true``/``false`` among numbers: NumPy would silently read them as 1.0 and 0.0."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            if any(v is True or v is False for v in item):
+                raise error(f"{where} holds true/false; numbers are expected")
+            stack.extend(v for v in item if isinstance(v, list))
+        elif item is True or item is False:
+            raise error(f"{where} holds true/false; numbers are expected")
+
+
 def _load_json(body: bytes, error: type[InvalidFeaturesError | InvalidRequestError]) -> Any:
     if not body:
         raise error("the request body is empty; a JSON object is expected")
@@ -321,5 +346,7 @@ def _load_json(body: bytes, error: type[InvalidFeaturesError | InvalidRequestErr
         # Python's parser accepts NaN/Infinity, so non-finite values reach the finiteness check
         # (with its "expected shape" message) instead of failing as a syntax error.
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and Python's limit on the digits of an
+        # integer (4300), which json raises for a 5000-digit number.
         raise error(f"the body is not valid JSON: {exc}") from exc

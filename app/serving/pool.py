@@ -1,4 +1,4 @@
-"""A fixed pool of worker threads with a bounded wait queue, awaited from the event loop.
+"""A fixed pool of worker threads with a bounded wait queue, and the audio budget of their extraction.
 
 Decoding, feature extraction and the parsing of large bodies run here, off the event loop;
 openSMILE and libsndfile release the GIL, so the threads use every core. Beyond ``max_queue`` waiting
@@ -8,14 +8,15 @@ calls a request fails at once with :class:`~app.core.errors.OverloadedError` (50
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from app.core.errors import OverloadedError, ShuttingDownError
 
-__all__ = ["WorkerPool"]
+__all__ = ["AudioBudget", "WorkerPool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -101,3 +102,40 @@ class WorkerPool:
         with self._lock:
             self._closing = True
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+class AudioBudget:
+    """A weighted semaphore over seconds of audio, for the worker threads' feature extraction.
+
+    openSMILE holds its intermediate data for a whole signal at once (about 0.7 MB per second of
+    16 kHz audio for ComParE_2016), so the memory extraction needs grows with the seconds being
+    extracted, not with the number of requests. A worker acquires a clip's seconds before extracting
+    and waits while the budget is used up; a clip longer than the whole budget runs when nothing else
+    holds any, alone. Waiting happens in the worker thread (the event loop is never blocked); the
+    request timeout still applies to the waiting request.
+
+    Args:
+        seconds: Seconds of audio that may be extracted at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError("the audio budget must be positive")
+        self.seconds = seconds
+        self.held = 0.0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, seconds: float) -> Iterator[None]:
+        """Hold ``seconds`` of the budget for the duration of the block."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.held == 0.0 or self.held + seconds <= self.seconds)
+            self.held += seconds
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.held -= seconds
+                if self.held < 1e-9:
+                    self.held = 0.0
+                self._cond.notify_all()

@@ -27,9 +27,10 @@ from app.core.features import FeatureExtractor
 from app.core.predictor import Predictor
 from app.core.types import Float64Array, FloatArray
 from app.serving.batcher import DynamicBatcher
+from app.serving.memory import TRIM_AFTER_S, release_memory
 from app.serving.metrics import ServiceMetrics
 from app.serving.payloads import TensorPayload, audio_from_body, features_from_body, tensor_from_json
-from app.serving.pool import WorkerPool
+from app.serving.pool import AudioBudget, WorkerPool
 from app.settings import Settings
 
 __all__ = [
@@ -124,6 +125,7 @@ class EmotionService:
         #: Longest clip accepted as precomputed features, in frames (the duration limit on the grid).
         self.max_frames = max(1, math.floor(settings.max_duration_s / self.config.hop_s))
         self.pool = WorkerPool(settings.pool_size, settings.max_queue)
+        self.audio_budget = AudioBudget(settings.max_extract_seconds)
         self.batcher = DynamicBatcher(
             predictor.predict_batch,
             max_batch=settings.max_batch,
@@ -176,6 +178,8 @@ class EmotionService:
                 self._decode_and_extract, body, content_type, offset_s, duration_s
             )
             (emotion,) = await self.batcher.submit([values])
+        if analysed_s >= TRIM_AFTER_S:
+            release_memory()  # after the long clip's inference too (ONNX Runtime frees, glibc keeps)
         t = emotion.shape[0]
         starts = offset_s + np.arange(t, dtype=np.float64) * self.config.hop_s
         return AudioPrediction(
@@ -250,15 +254,21 @@ class EmotionService:
             data,
             self.config.sample_rate,
             max_duration_s=self.settings.max_duration_s,
+            max_decoded_samples=self.settings.max_decoded_samples,
             min_duration_s=self.config.window_s,
             offset_s=offset_s,
             duration_s=duration_s,
         )
         decoded = time.perf_counter()
         self.metrics.stage_seconds.labels(stage="decode").observe(decoded - start)
-        features = self.extractor.extract(signal)
-        self.metrics.stage_seconds.labels(stage="extract").observe(time.perf_counter() - decoded)
-        return features.values, features.gain_db, signal.size / self.config.sample_rate
+        seconds = signal.size / self.config.sample_rate
+        with self.audio_budget.hold(seconds):
+            started = time.perf_counter()
+            features = self.extractor.extract(signal)
+        self.metrics.stage_seconds.labels(stage="extract").observe(time.perf_counter() - started)
+        if seconds >= TRIM_AFTER_S:
+            release_memory()
+        return features.values, features.gain_db, seconds
 
     def _parse_features(
         self, body: bytes, content_type: str | None
