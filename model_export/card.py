@@ -383,13 +383,29 @@ def card_dropout(cfg: Mapping[str, Any]) -> float:
 
 
 def card_metrics(card: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The card's CV row of the model's own preset, as ``mer.metrics`` stores it (``None`` without one)."""
-    cv = card.get("cross_validation")
-    if not cv or not cv.get("this_preset"):
-        return None
-    rows = {r["model"]: r for r in cv["rows"]}
+    """The card's CV rows of the model's own setup, as ``mer.metrics`` stores them (``None``: none).
+
+    ``cv``: the per-frame CV row of its preset; ``joint``: the clip-level (real music) and VGMIDI
+    scores of its preset, smoothed as the model is, under the joint protocol.
+    """
     preset = card["architecture"]["preset"]
-    return {"cv": rows[preset]["metrics"], "cv_folds": rows[preset]["folds"]}
+    out: dict[str, Any] = {}
+    cv = card.get("cross_validation")
+    if cv and cv.get("this_preset"):
+        rows = {r["model"]: r for r in cv["rows"]}
+        out.update(cv=rows[preset]["metrics"], cv_folds=rows[preset]["folds"])
+    joint = card.get("joint_cv")
+    if joint:
+        smoothing = card.get("smoothing") or {}
+        name = (
+            preset
+            if smoothing.get("kind", "none") == "none"
+            else f"{preset} + smoothing {smoothing['alpha']:g}"
+        )
+        row = next((r for r in joint["rows"] if r["model"] == name), None)
+        if row is not None:
+            out["joint"] = {"model": name, "folds": row["folds"], "clip": row["clip"], "frame": row["frame"]}
+    return out or None
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -93,6 +93,8 @@ class TrainConfig:
         weight_decay: RMSProp's L2 penalty on every weight (0: none, the paper's setting).
         domain_statistics: Standardise frame-labelled and clip-labelled clips each with their own
             statistics in training; the model (and serving) uses the clip-labelled ones.
+        clip_crop_frames: If > 0, every epoch trains on a random span of at least this many frames of
+            each clip-labelled clip (0: the whole clip, every epoch).
     """
 
     preset: str = "LSTM_AT_400"
@@ -115,6 +117,7 @@ class TrainConfig:
     clip_confidence: bool = False
     weight_decay: float = 0.0
     domain_statistics: bool = False
+    clip_crop_frames: int = 0
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -450,6 +453,7 @@ def _train(
         renditions[i].extend(sequences(fs, [train_targets[i]] * len(fs), [kinds[i]] * len(fs)))
     augmented = any(len(r) > 1 for r in renditions)
     aug_rng = np.random.default_rng([cfg.seed, 0xA06])
+    crop_rng = np.random.default_rng([cfg.seed, 0xC40])
     val_seqs = sequences(val_features, val_targets, val_supervision or [FRAME_LABELS] * len(val_features))
     model_cfg = cfg.model_config(int(normaliser.mean.shape[0]))
     model = build_model(model_cfg, seed=cfg.seed)
@@ -463,9 +467,12 @@ def _train(
         train_se, train_n = 0.0, 0.0
         if augmented:
             train_seqs = [r[int(aug_rng.integers(len(r)))] for r in renditions]
-        lengths = [s.x.shape[0] for s in train_seqs]
+        epoch_seqs = (
+            _cropped(train_seqs, cfg.clip_crop_frames, crop_rng) if cfg.clip_crop_frames else train_seqs
+        )
+        lengths = [s.x.shape[0] for s in epoch_seqs]
         for batch in make_batches(lengths, cfg.batch_size, rng, cfg.batching):
-            part = [train_seqs[j] for j in batch]
+            part = [epoch_seqs[j] for j in batch]
             x, y, mask = _pad(part)
             optimiser.zero_grad(set_to_none=True)
             num, den = batch_loss(model(x), y, mask, part, cfg)
@@ -493,6 +500,25 @@ def _train(
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
+
+
+def _cropped(seqs: Sequence[TrainSequence], min_frames: int, rng: np.random.Generator) -> list[TrainSequence]:
+    """This epoch's view of the training clips: each clip-labelled one cut to a random span.
+
+    A clip-level label holds for any stretch of the clip, and serving sees clips that start anywhere:
+    a span of ``min_frames`` up to the whole clip, at a random start, is a new training sequence each
+    epoch for the same label. Frame-labelled clips are passed on whole.
+    """
+    out = []
+    for s in seqs:
+        t = s.x.shape[0]
+        if not s.supervision.clip_level or t <= min_frames:
+            out.append(s)
+            continue
+        length = int(rng.integers(min_frames, t + 1))
+        start = int(rng.integers(0, t - length + 1))
+        out.append(TrainSequence(s.x[start : start + length], s.y[start : start + length], s.supervision))
+    return out
 
 
 def _normalisers(

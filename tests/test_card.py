@@ -8,8 +8,9 @@ import onnx
 import pytest
 
 from model_export.__main__ import main
-from model_export.card import CARD_KEY, build_card, load_report, render_markdown
+from model_export.card import CARD_KEY, build_card, card_metrics, load_report, render_markdown
 from model_export.checkpoint import load_checkpoint
+from model_export.smoothing import Smoothing
 from model_export.testing import write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,3 +132,43 @@ def test_export_cli_writes_the_card_into_the_model_and_beside_it(tmp_path: Path)
     metrics = json.loads(meta["mer.metrics"])
     assert metrics["cv_folds"] == "3/10"
     assert metrics["cv"]["valence"]["r2"] == pytest.approx(0.031)
+
+
+def _joint_report() -> dict[str, Any]:
+    def clip(q: float) -> dict[str, Any]:
+        dim = {"sign_accuracy": 0.8, "auc": 0.9, "mean_prediction": 0.01}
+        return {"clips": 600, "quadrant_accuracy": q, "macro_f1": q, "confusion": [[150, 0, 0, 0]] * 4,
+                "arousal": dim, "valence": dim}  # fmt: skip
+
+    frame = {d: {k: {"mean": 0.4, "std": 0.05} for k in ("r2", "tau", "mae")} for d in ("arousal", "valence")}
+    rows = [
+        {"model": "LSTM_AT_400", "source": "joint CV", "folds": "5/5", "clip": clip(0.61), "frame": frame},
+        {"model": "LSTM_AT_400 + smoothing 0.9", "source": "joint CV", "folds": "5/5", "clip": clip(0.62),
+         "frame": frame},
+    ]  # fmt: skip
+    return {"title": "vgmidi + fourq at 16000 Hz", "notes": "5 folds by artist.", "rows": rows}
+
+
+def test_a_model_trained_on_both_datasets_says_so_with_its_smoothing_and_real_music_scores(
+    tmp_path: Path,
+) -> None:
+    card = _card(
+        tmp_path,
+        {
+            "dataset": "vgmidi+fourq",
+            "train_config": {"preset": "LSTM_AT_400", "clip_loss": "mean_mse", "clip_target": 0.5},
+        },
+        smoothing=Smoothing(0.9, 60),
+        joint_cv=("docs/results/fourq_joint_16k/report.json", _joint_report()),
+    )
+    assert [p["dataset"] for p in card["training_data"]["parts"]] == ["vgmidi", "fourq"]
+    assert card["smoothing"] == {"kind": "causal-exponential", "alpha": 0.9, "taps": 60}
+    assert any("4Q" in line and "research" in line for line in card["licences"])
+    assert not any("solo-piano renditions" in line for line in card["known_limits"])
+    assert card_metrics(card)["joint"]["clip"]["quadrant_accuracy"] == 0.62  # its own, smoothed row
+    md = render_markdown(card)
+    assert "### Real music (4Q, clip level)" in md
+    assert "| LSTM_AT_400 + smoothing 0.9 | 0.620 |" in md
+    assert "causal exponential moving average (decay 0.9 per frame, 60 frames" in md
+    assert "4Q audio emotion dataset" in md
+    assert "`mean_mse` against ±0.5 on the clip mean" in md

@@ -13,6 +13,7 @@ from model_export.train import (
     Supervision,
     TrainConfig,
     TrainSequence,
+    _cropped,
     _pad,
     batch_loss,
     fit_statistics,
@@ -330,3 +331,29 @@ def test_domain_statistics_standardise_each_kind_with_its_own_and_serve_the_clip
     both, _ = fit_statistics([*feats, *other], "none")
     np.testing.assert_allclose(shared.normaliser.mean.numpy(), both, rtol=1e-6)
     assert not _same_weights(res.model, shared.model)
+
+
+def test_clip_crops_are_random_spans_of_clip_labelled_clips_only() -> None:
+    rng = np.random.default_rng(0)
+    clip = _seq(np.tile([1.0, -1.0], (60, 1)), clip=True)
+    frame = _seq(rng.uniform(-1, 1, (60, 2)))
+    seen = set()
+    for _ in range(30):
+        cut, whole = _cropped([clip, frame], 20, rng)
+        assert whole is frame
+        assert 20 <= cut.x.shape[0] <= 60
+        assert cut.supervision.clip_level
+        seen.add(cut.x.shape[0])
+    assert len(seen) > 5  # lengths (and starts) change from epoch to epoch
+    feats, targs = _toy(8, 0)
+    kinds = [Supervision(clip_level=True)] * 8
+    signs = [np.sign(t) + (t == 0) for t in targs]
+    a = train(
+        _cfg(epochs=2, clip_crop_frames=10), feats, signs, [], [], progress=False, train_supervision=kinds
+    )
+    b = train(
+        _cfg(epochs=2, clip_crop_frames=10), feats, signs, [], [], progress=False, train_supervision=kinds
+    )
+    assert _same_weights(a.model, b.model)  # seeded
+    c = train(_cfg(epochs=2), feats, signs, [], [], progress=False, train_supervision=kinds)
+    assert not _same_weights(a.model, c.model)
