@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,8 @@ def _clip_spec(args: argparse.Namespace) -> DataSpec | None:
         return None
     if args.clip_root is None:
         raise SystemExit("--clip-dataset needs --clip-root")
-    return DataSpec(
-        dataset=args.clip_dataset,
-        root=args.clip_root,
-        rate=args.rate,
-        cache=args.cache,
-        level_policy=args.level_policy,
-        workers=args.workers,
-    )
+    # The same feature path and cache as the frame-labelled data; the recipe options are that one's.
+    return replace(_data_spec(args), dataset=args.clip_dataset, root=args.clip_root, options={})
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
