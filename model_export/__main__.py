@@ -128,6 +128,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weight-decay", type=float, default=0.0, help="RMSProp L2 penalty (paper: 0)")
     p.add_argument(
+        "--clip-crop-frames",
+        type=int,
+        default=0,
+        help="train on a random span of at least this many frames of each clip-labelled clip per epoch",
+    )
+    p.add_argument(
+        "--input-noise", type=float, default=0.0, help="std of Gaussian noise on standardised training inputs"
+    )
+    p.add_argument(
         "--model-option",
         action="append",
         default=[],
@@ -153,6 +162,8 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         clip_weight=args.clip_weight,
         clip_confidence=args.clip_confidence,
         weight_decay=args.weight_decay,
+        clip_crop_frames=args.clip_crop_frames,
+        input_noise=args.input_noise,
     )
 
 

@@ -165,7 +165,9 @@ def test_a_model_trained_on_both_datasets_says_so_with_its_smoothing_and_real_mu
     assert card["smoothing"] == {"kind": "causal-exponential", "alpha": 0.9, "taps": 60}
     assert any("4Q" in line and "research" in line for line in card["licences"])
     assert not any("solo-piano renditions" in line for line in card["known_limits"])
-    assert card_metrics(card)["joint"]["clip"]["quadrant_accuracy"] == 0.62  # its own, smoothed row
+    metrics = card_metrics(card)
+    assert metrics is not None
+    assert metrics["joint"]["clip"]["quadrant_accuracy"] == 0.62  # its own, smoothed row
     md = render_markdown(card)
     assert "### Real music (4Q, clip level)" in md
     assert "| LSTM_AT_400 + smoothing 0.9 | 0.620 |" in md

@@ -357,3 +357,13 @@ def test_clip_crops_are_random_spans_of_clip_labelled_clips_only() -> None:
     assert _same_weights(a.model, b.model)  # seeded
     c = train(_cfg(epochs=2), feats, signs, [], [], progress=False, train_supervision=kinds)
     assert not _same_weights(a.model, c.model)
+
+
+def test_input_noise_is_seeded_and_changes_training() -> None:
+    feats, targs = _toy(8, 0)
+    vf, vt = _toy(2, 1)
+    a = train(_cfg(epochs=2, input_noise=0.5), feats, targs, vf, vt, progress=False)
+    b = train(_cfg(epochs=2, input_noise=0.5), feats, targs, vf, vt, progress=False)
+    c = train(_cfg(epochs=2), feats, targs, vf, vt, progress=False)
+    assert _same_weights(a.model, b.model)
+    assert not _same_weights(a.model, c.model)
