@@ -2,19 +2,27 @@
 #   make run    create .venv, install the serving extra, start the service on the default model
 #   make test   create .venv, install serve + dev + train extras, run ruff, mypy and pytest
 # Rebuilding the shipped model from ../shared data (hours of CPU; resumable):
-#   make cv     cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds)
-#   make model  train the default preset on all of VGMIDI, export models/default.onnx and its card
+#   make cv        cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds)
+#   make joint-cv  5-fold CV over 4Q by artist, every fold also training on VGMIDI (folds committed)
+#   make model     train the default preset on all of VGMIDI + 4Q, export models/default.onnx and its card
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
 VGMIDI ?= ../shared/data/vgmidi
+FOURQ ?= ../shared/data/4q
 RATE ?= 16000
 MODEL_PRESET ?= LSTM_AT_400
-MODEL_NAME ?= vgmidi-lstm-at-400
-MODEL_VERSION ?= 1.0.1
+MODEL_NAME ?= mer-lstm-at-400
+MODEL_VERSION ?= 2.0.0
 CV_OUT ?= docs/results/vgmidi_16k
+# Training on VGMIDI's per-frame ratings and 4Q's clip-level quadrants (docs/results.md, "Real music").
+JOINT_OUT ?= docs/results/fourq_joint_16k
+JOINT_PRESETS ?= LSTM_AT_400 LSTM_NAT_400
+JOINT_FOLDS_TO_RUN ?= 5
+CLIP_ARGS ?= --clip-loss mean_mse --clip-target 0.5 --clip-weight 1
+SMOOTHING_ALPHA ?= 0.9
 CV_FOLDS_TO_RUN ?= 10
 CHECKPOINT ?= cache/checkpoints/default.pt
 # The service's uvicorn flags (also the Dockerfile's CMD): JSON 400s from the HTTP parser itself, and a
@@ -22,7 +30,7 @@ CHECKPOINT ?= cache/checkpoints/default.pt
 SHUTDOWN_TIMEOUT_S ?= 10
 UVICORN_FLAGS ?= --http app.http.protocols:JsonErrorProtocol --timeout-graceful-shutdown $(SHUTDOWN_TIMEOUT_S)
 
-.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve cv model clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve cv joint-cv model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,12 +73,21 @@ cv: $(VENV)/.dev
 	$(BIN)/python -m model_export cv --dataset vgmidi --root $(VGMIDI) --rate $(RATE) \
 		--presets LSTM_AT_400 LSTM_NAT_400 --folds 10 --folds-to-run $(CV_FOLDS_TO_RUN) --out $(CV_OUT)
 
+# Reuses the folds under $(JOINT_OUT)/folds (committed) when their key matches: rebuilds the report.
+joint-cv: $(VENV)/.dev
+	$(BIN)/python -m model_export setup
+	$(BIN)/python -m model_export joint-cv --dataset vgmidi --root $(VGMIDI) --clip-dataset fourq \
+		--clip-root $(FOURQ) --rate $(RATE) --presets $(JOINT_PRESETS) --folds 5 \
+		--folds-to-run $(JOINT_FOLDS_TO_RUN) $(CLIP_ARGS) --smoothing-alpha $(SMOOTHING_ALPHA) --probe \
+		--quoted $(JOINT_OUT)/shipped-1.0.1.json --out $(JOINT_OUT)
+
 model: $(VENV)/.dev
 	$(BIN)/python -m model_export setup
-	$(BIN)/python -m model_export train --dataset vgmidi --root $(VGMIDI) --rate $(RATE) \
-		--preset $(MODEL_PRESET) --out $(CHECKPOINT)
+	$(BIN)/python -m model_export train --dataset vgmidi --root $(VGMIDI) --clip-dataset fourq \
+		--clip-root $(FOURQ) --rate $(RATE) --preset $(MODEL_PRESET) $(CLIP_ARGS) --out $(CHECKPOINT)
 	$(BIN)/python -m model_export export --checkpoint $(CHECKPOINT) --out models/default.onnx --fp16 \
-		--name $(MODEL_NAME) --version $(MODEL_VERSION) --cv-report $(CV_OUT)/report.json \
+		--name $(MODEL_NAME) --version $(MODEL_VERSION) --smoothing-alpha $(SMOOTHING_ALPHA) \
+		--cv-report $(CV_OUT)/report.json --joint-report $(JOINT_OUT)/report.json \
 		--compare "before: no level policy=docs/results/vgmidi_16k_level_none/report.json" \
 		--compare "level policy + augment=2 (not shipped)=docs/results/vgmidi_16k_augmented/report.json" \
 		--card models/default.md

@@ -114,9 +114,16 @@ def cv_run_key(
     The feature and target values are included (another analysis rate or re-rendered audio keeps the
     clip ids but must not reuse old folds), and so are augmented variants when there are any (a run
     without them keeps the key it had before variants existed). The torch thread count is not: it
-    changes speed, and at most the last bits of float reductions, not what a fold learns.
+    changes speed, and at most the last bits of float reductions, not what a fold learns. Nor are
+    settings at their defaults: a training option added later (at a default that changes nothing)
+    must not orphan the folds stored before it existed.
     """
-    settings = {key: value for key, value in cfg.to_dict().items() if key != "threads"}
+    defaults = TrainConfig().to_dict()
+    settings = {
+        key: value
+        for key, value in cfg.to_dict().items()
+        if key != "threads" and (key not in defaults or value != defaults[key])
+    }
     digest = hashlib.sha256(
         json.dumps(
             [name, settings, k, fold_seed, [c.clip_id for c in clips]], sort_keys=True, default=str

@@ -122,6 +122,12 @@ def test_run_key_ignores_thread_count_but_not_settings_or_data() -> None:
     base = key(TrainConfig())
     assert key(TrainConfig(threads=1)) == base
     assert key(TrainConfig(lr=1e-4)) != base
+    assert key(TrainConfig(input_noise=0.1)) != base
+    # A setting at its default is not part of the key: options added later leave old folds valid.
+    assert key(TrainConfig(input_noise=0.0, clip_crop_frames=0)) == base
+    assert ev.cv_run_key("LSTM_AT_400", TrainConfig(), 3, 0, clips, feats) == ev.cv_run_key(
+        "LSTM_AT_400", TrainConfig(preset="LSTM_AT_400"), 3, 0, clips, feats
+    )
     other = dict(feats, c0=np.zeros((3, 4), np.float32))
     assert key(TrainConfig(), other) != base
 
