@@ -40,12 +40,13 @@ COPY app/ app/
 COPY model_export/ model_export/
 # Then drop what serving never needs: pip itself and the test suites and C headers of the largest
 # dependencies (about 75 MB; pandas and pyarrow come in through opensmile -> audformat, which imports
-# them, so they stay). -P: import the installed package, not ./app, to check what the runtime gets.
+# them, so they stay; mer-score writes its Parquet with pyarrow). -P: import the installed package, not
+# ./app, to check what the runtime gets (the service and the batch job).
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && rm -rf "$site"/pandas/tests "$site"/pyarrow/tests "$site"/pyarrow/include "$site"/numpy/*/tests \
- && /opt/venv/bin/python -P -c "import app.main, onnxruntime as o; print(o.__version__, o.get_available_providers())"
+ && /opt/venv/bin/python -P -c "import app.main, app.batch.cli, onnxruntime as o; print(o.__version__, o.get_available_providers())"
 
 # --- runtime: the base image, the venv and the model; no build tools, not root -------------------------
 FROM ${PYTHON_IMAGE}

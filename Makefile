@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make run    create .venv, install the serving extra, start the service on the default model
-#   make test   create .venv, install serve + dev + train extras, run ruff, mypy and pytest
+#   make test   create .venv, install serve + dev + train + batch + cluster extras, run ruff, mypy, pytest
 # Rebuilding the shipped model from ../shared data (hours of CPU; resumable):
 #   make cv        cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds)
 #   make joint-cv  5-fold CV over 4Q by artist, every fold also training on VGMIDI (folds committed)
@@ -30,7 +30,7 @@ CHECKPOINT ?= cache/checkpoints/default.pt
 SHUTDOWN_TIMEOUT_S ?= 10
 UVICORN_FLAGS ?= --http app.http.protocols:JsonErrorProtocol --timeout-graceful-shutdown $(SHUTDOWN_TIMEOUT_S)
 
-.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve cv joint-cv model clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-serve bench-batch cv joint-cv model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ $(VENV)/.serve: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,dev,train]'
+	$(BIN)/pip install --quiet -e '.[serve,dev,train,batch,cluster]'
 	touch $@ $(VENV)/.serve
 
 run: $(VENV)/.serve
@@ -64,6 +64,9 @@ bench-extract: $(VENV)/.dev
 
 bench-serve: $(VENV)/.dev
 	$(BIN)/python bench/serve.py
+
+bench-batch: $(VENV)/.dev
+	$(BIN)/python bench/batch.py
 
 bench-infer: $(VENV)/.dev
 	$(BIN)/python bench/infer.py

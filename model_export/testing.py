@@ -8,6 +8,16 @@ a fresh machine.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +33,7 @@ __all__ = [
     "TINY_OVERRIDES",
     "encode",
     "export_tiny_model",
+    "local_ray_cluster",
     "make_contract",
     "synth_music",
     "write_checkpoint",
@@ -168,3 +179,83 @@ def export_tiny_model(
         return export_checkpoint(ckpt, directory / f"{name}.onnx", model_name=name, model_version=version)
     finally:
         torch.set_num_threads(previous)
+
+
+_RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray_alive_nodes(address: str) -> int:
+    code = (
+        "import ray\n"
+        f"ray.init(address={address!r}, log_to_driver=False)\n"
+        "print(sum(1 for n in ray.nodes() if n['Alive']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_RAY_ENV, timeout=60
+    )
+    lines = out.stdout.strip().splitlines()
+    return int(lines[-1]) if out.returncode == 0 and lines else 0
+
+
+def _stop_ray_node(process: subprocess.Popen[bytes]) -> None:
+    """Stop one ``ray start --block`` by its PID: SIGTERM drains the node; its process group goes after."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=45)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # raylet, workers and stores the node left behind
+    process.wait(timeout=10)
+
+
+@contextmanager
+def local_ray_cluster(nodes: int = 2, cpus_per_node: int = 1, timeout_s: float = 120.0) -> Iterator[str]:
+    """A real Ray cluster on 127.0.0.1: a head and ``nodes - 1`` worker nodes, started with ``ray start``.
+
+    Each node is one ``ray start --block`` process in its own process group, stopped by its PID (never
+    ``ray stop``, which would stop every Ray process on the machine). Needs the ``cluster`` extra.
+
+    Yields:
+        The cluster's address (``127.0.0.1:<port>``), for ``ray.init`` or ``mer-score --address``.
+    """
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    address = f"127.0.0.1:{port}"
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    common = [
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={cpus_per_node}",
+        "--object-store-memory=150000000",
+    ]
+    started: list[subprocess.Popen[bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for n in range(nodes):
+            args = (
+                ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+                if n == 0
+                else [f"--address={address}"]
+            )
+            log = Path(temp) / f"node{n}.log"
+            with log.open("wb") as out:
+                started.append(
+                    subprocess.Popen(
+                        [ray_cli, "start", *args, *common],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=_RAY_ENV,
+                        start_new_session=True,
+                    )
+                )
+            while _ray_alive_nodes(address) < n + 1:
+                if started[-1].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray node {n} did not start: {log.read_text()[-2000:]}")
+                time.sleep(1)
+        yield address
+    finally:
+        for process in reversed(started):  # workers first, the head last
+            _stop_ray_node(process)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import app.batch
 import app.core
 import app.serving
 
@@ -50,6 +51,15 @@ def test_the_serving_runtime_imports_no_web_framework() -> None:
     loaded = loaded_after_import(modules)
     assert not loaded & {*WEB, "torch"}
     assert not {m for m in loaded if m.startswith("app.http")}
+
+
+def test_the_batch_job_runs_without_a_server_and_ray_only_when_asked() -> None:
+    modules = [m for m in modules_of(app.batch) if m != "app.batch.cluster"]
+    assert "app.batch.local" in modules
+    loaded = loaded_after_import(modules)
+    assert not loaded & {*WEB, "torch", "ray"}
+    assert not {m for m in loaded if m.startswith(("app.serving", "app.http"))}
+    assert not loaded_after_import(["app.batch.cluster"]) & {*WEB, "torch"}
 
 
 @pytest.mark.parametrize(
