@@ -2,7 +2,8 @@
 #   make run    create .venv, install the serving extra, start the service on the default model
 #   make test   create .venv, install serve + dev + train + batch + cluster extras, run ruff, mypy, pytest
 # Rebuilding the shipped model from ../shared data (hours of CPU; resumable):
-#   make cv        cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds)
+#   make cv        cross-validate LSTM_AT_400 and LSTM_NAT_400 on VGMIDI (CV_FOLDS_TO_RUN=N: first N folds;
+#                  finished folds land in docs/results/vgmidi_16k/folds, commit them: they accumulate)
 #   make joint-cv  5-fold CV over 4Q by artist, every fold also training on VGMIDI (folds committed)
 #   make model     train the default preset on all of VGMIDI + 4Q, export models/default.onnx and its card
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -24,6 +25,8 @@ JOINT_FOLDS_TO_RUN ?= 5
 CLIP_ARGS ?= --clip-loss mean_mse --clip-target 0.5 --clip-weight 1
 SMOOTHING_ALPHA ?= 0.9
 CV_FOLDS_TO_RUN ?= 10
+# The same small learning-rate choice (on each fold's validation split) for AT and NAT.
+CV_ARGS ?= --lr-choices 3e-4 1e-3
 CHECKPOINT ?= cache/checkpoints/default.pt
 # The service's uvicorn flags (also the Dockerfile's CMD): JSON 400s from the HTTP parser itself, and a
 # bounded graceful shutdown (requests in flight get this long after SIGTERM, then are cancelled).
@@ -74,7 +77,8 @@ bench-infer: $(VENV)/.dev
 cv: $(VENV)/.dev
 	$(BIN)/python -m model_export setup
 	$(BIN)/python -m model_export cv --dataset vgmidi --root $(VGMIDI) --rate $(RATE) \
-		--presets LSTM_AT_400 LSTM_NAT_400 --folds 10 --folds-to-run $(CV_FOLDS_TO_RUN) --out $(CV_OUT)
+		--presets LSTM_AT_400 LSTM_NAT_400 --folds 10 --folds-to-run $(CV_FOLDS_TO_RUN) $(CV_ARGS) \
+		--out $(CV_OUT)
 
 # Reuses the folds under $(JOINT_OUT)/folds (committed) when their key matches: rebuilds the report.
 joint-cv: $(VENV)/.dev

@@ -106,6 +106,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (paper: 30)")
     p.add_argument("--batch-size", type=int, default=10, help="sequences per update (paper: 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="RMSProp learning rate")
+    p.add_argument(
+        "--lr-choices",
+        type=float,
+        nargs="+",
+        default=[],
+        help="CV: try these learning rates in each fold, keep the best on the validation split",
+    )
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (paper: 5)")
     p.add_argument(
         "--batching",
@@ -164,6 +171,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         weight_decay=args.weight_decay,
         clip_crop_frames=args.clip_crop_frames,
         input_noise=args.input_noise,
+        lr_choices=tuple(args.lr_choices),
     )
 
 
@@ -222,6 +230,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         out=args.out,
         command=_command(),
         resume=not args.no_resume,
+        train_missing=not args.report_only,
     )
     print(json.dumps([{"model": r["model"], **r["metrics"]} for r in doc["rows"]], indent=1))
     return 0
@@ -346,7 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-resume",
         action="store_true",
-        help="retrain every fold instead of reusing folds finished earlier (stored under CACHE/cv)",
+        help="retrain every fold instead of reusing the folds stored under OUT/folds",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild the report and figures from the folds stored under OUT/folds",
     )
     p = sub.add_parser(
         "joint-cv",

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from app.core.types import FloatArray
 from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.train import (
     TrainConfig,
+    TrainResult,
     make_sequences,
     predict,
     select_targets,
@@ -81,6 +82,49 @@ def metrics(
     return out
 
 
+def _clip_tau(p: FloatArray, t: FloatArray, d: int) -> float:
+    if p.shape[0] > 1 and np.ptp(p[:, d]) > 0 and np.ptp(t[:, d]) > 0:
+        return float(kendalltau(p[:, d], t[:, d], variant="b").statistic)
+    return float("nan")
+
+
+def paired_tests(a: CVResult, b: CVResult) -> dict[str, Any]:
+    """Per-piece errors of two models on the same pieces, compared with Wilcoxon signed-rank tests.
+
+    For each output: the pieces' mean squared error (what R² sums) and Kendall τ (pieces where either
+    curve is constant are left out), the median difference ``a - b`` and the two-sided p-value.
+
+    Returns:
+        ``{"models": [a, b], "pieces": n, "<output>": {"sq_error": {...}, "tau": {...}}}``.
+    """
+    from scipy.stats import wilcoxon
+
+    b_by_id = dict(zip(b.clip_ids, zip(b.predictions, b.targets, strict=True), strict=True))
+    common = [
+        (pa, ta, b_by_id[cid][0])
+        for cid, pa, ta in zip(a.clip_ids, a.predictions, a.targets, strict=True)
+        if cid in b_by_id
+    ]
+    out: dict[str, Any] = {"models": [a.name, b.name], "pieces": len(common)}
+    for d, name in enumerate(a.config.targets):
+        tests: dict[str, Any] = {}
+        sq_a = np.array([np.mean((pa[:, d] - ta[:, d]) ** 2) for pa, ta, _ in common])
+        sq_b = np.array([np.mean((pb[:, d] - ta[:, d]) ** 2) for _, ta, pb in common])
+        tau_a = np.array([_clip_tau(pa, ta, d) for pa, ta, _ in common])
+        tau_b = np.array([_clip_tau(pb, ta, d) for _, ta, pb in common])
+        keep = np.isfinite(tau_a) & np.isfinite(tau_b)
+        for key, x, y in (("sq_error", sq_a, sq_b), ("tau", tau_a[keep], tau_b[keep])):
+            diff = x - y
+            p_value = float(wilcoxon(x, y).pvalue) if x.size >= 2 and np.any(diff != 0) else float("nan")
+            tests[key] = {
+                "pieces": int(x.size),
+                "median_diff": float(np.median(diff)) if x.size else float("nan"),
+                "p": p_value,
+            }
+        out[name] = tests
+    return out
+
+
 @dataclass
 class CVResult:
     """Pooled out-of-fold predictions of one model configuration."""
@@ -94,6 +138,8 @@ class CVResult:
     folds_total: int
     seconds: float
     epochs: list[int]
+    #: Indices of the folds in the result (restored or run).
+    folds: list[int] = field(default_factory=list)
 
     def scores(self) -> dict[str, dict[str, float]]:
         """The paper's metrics on the pooled predictions."""
@@ -147,6 +193,7 @@ def cross_validate(
     folds_to_run: int | None = None,
     fold_seed: int = 0,
     state_dir: Path | None = None,
+    train_missing: bool = True,
 ) -> CVResult:
     """k-fold CV by group; each fold's training part is split again for early stopping.
 
@@ -162,7 +209,10 @@ def cross_validate(
         fold_seed: Seed of the fold assignment (same for every model, so rows are comparable).
         state_dir: If given, each finished fold's test predictions are stored there and reused by a
             later call with the same name, configuration, clips and folds, so a long CV can be
-            interrupted and resumed (e.g. across sessions).
+            interrupted and resumed (e.g. across sessions). Stored as float16 with the test clips'
+            ids (a few hundred kB per fold), small enough to commit (``docs/results/<run>/folds``).
+        train_missing: If False, only restore stored folds and leave the others out (a report
+            rebuilt from what is stored, on a machine that cannot train).
 
     Returns:
         Pooled predictions of the folds that ran; ``seconds`` sums the training time of every fold,
@@ -181,62 +231,27 @@ def cross_validate(
     preds: list[FloatArray] = []
     trues: list[FloatArray] = []
     epochs: list[int] = []
+    done: list[int] = []
     for f, test_idx in enumerate(folds[: folds_to_run or k]):
         fold_file = state_dir / f"{name}_{run_key}_fold{f}.npz" if state_dir else None
+        test_ids = [usable[i].clip_id for i in test_idx]
         if fold_file is not None and fold_file.exists():
-            with np.load(fold_file) as saved:
-                lengths = saved["lengths"]
-                fold_preds = np.split(saved["predictions"], np.cumsum(lengths)[:-1])
-                best_epoch, fold_s = int(saved["best_epoch"]), float(saved["seconds"])
+            fold_preds, best_epoch, fold_s = _load_fold(fold_file, test_ids)
             log.info("%s fold %d/%d restored from %s", name, f + 1, k, fold_file)
-            for i, p in zip(test_idx, fold_preds, strict=True):
-                ids.append(usable[i].clip_id)
-                preds.append(p.astype(np.float32))
-                trues.append(select_targets(usable[i].targets, cfg.targets)[: p.shape[0]])
-            epochs.append(best_epoch)
-            seconds += fold_s
+        elif not train_missing:
             continue
-        test_set = set(test_idx)
-        rest = [i for i in range(len(usable)) if i not in test_set]
-        tr, va = validation_split([usable[i].group for i in rest], cfg.val_fraction, cfg.seed + f)
-        train_ids, val_ids = [rest[i] for i in tr], [rest[i] for i in va]
-
-        def feats(ix: Sequence[int]) -> list[FloatArray]:
-            return [features[usable[i].clip_id] for i in ix]
-
-        def targs(ix: Sequence[int]) -> list[FloatArray]:
-            return [usable[i].targets for i in ix]
-
-        result = train(
-            replace(cfg, seed=cfg.seed + f),
-            feats(train_ids),
-            targs(train_ids),
-            feats(val_ids),
-            targs(val_ids),
-            train_variants=[
-                [features[v.clip_id] for v in variants.get(usable[i].clip_id, [])] for i in train_ids
-            ],
-        )
-        test_seqs = make_sequences(feats(test_idx), targs(test_idx), result.normaliser, cfg.targets)
-        fold_preds = predict(result.model, test_seqs)
-        for i, p, s in zip(test_idx, fold_preds, test_seqs, strict=True):
+        else:
+            fold_preds, best_epoch, fold_s, lr = _train_fold(cfg, f, usable, test_idx, features, variants)
+            if fold_file is not None:
+                _save_fold(fold_file, test_ids, fold_preds, best_epoch, fold_s, lr)
+            log.info("%s fold %d/%d: best epoch %d (lr %g), %.0fs", name, f + 1, k, best_epoch, lr, fold_s)
+        for i, p in zip(test_idx, fold_preds, strict=True):
             ids.append(usable[i].clip_id)
             preds.append(p)
-            trues.append(s.y.numpy())
-        epochs.append(result.best_epoch)
-        seconds += result.seconds
-        if fold_file is not None:
-            fold_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = fold_file.with_name(f".{fold_file.name}.tmp.npz")
-            np.savez(
-                tmp,
-                predictions=np.concatenate(fold_preds),
-                lengths=np.array([p.shape[0] for p in fold_preds]),
-                best_epoch=result.best_epoch,
-                seconds=result.seconds,
-            )
-            tmp.replace(fold_file)
-        log.info("%s fold %d/%d: best epoch %d, %.0fs", name, f + 1, k, result.best_epoch, result.seconds)
+            trues.append(select_targets(usable[i].targets, cfg.targets)[: p.shape[0]])
+        epochs.append(best_epoch)
+        seconds += fold_s
+        done.append(f)
     return CVResult(
         name=name,
         config=cfg,
@@ -247,11 +262,103 @@ def cross_validate(
         folds_total=k,
         seconds=seconds,
         epochs=epochs,
+        folds=done,
     )
 
 
-def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: str = "") -> dict[str, Any]:
+def _train_fold(
+    cfg: TrainConfig,
+    f: int,
+    usable: Sequence[Clip],
+    test_idx: Sequence[int],
+    features: Mapping[str, FloatArray],
+    variants: Mapping[str, Sequence[Clip]],
+) -> tuple[list[FloatArray], int, float, float]:
+    """Train one fold (each learning rate of ``cfg.lr_choices``, keeping the best on validation).
+
+    Returns:
+        The test clips' predictions (rounded to float16, as stored), the best epoch, the seconds of
+        every training run of the fold, and the learning rate chosen.
+    """
+    test_set = set(test_idx)
+    rest = [i for i in range(len(usable)) if i not in test_set]
+    tr, va = validation_split([usable[i].group for i in rest], cfg.val_fraction, cfg.seed + f)
+    train_ids, val_ids = [rest[i] for i in tr], [rest[i] for i in va]
+
+    def feats(ix: Sequence[int]) -> list[FloatArray]:
+        return [features[usable[i].clip_id] for i in ix]
+
+    def targs(ix: Sequence[int]) -> list[FloatArray]:
+        return [usable[i].targets for i in ix]
+
+    best: tuple[float, float, TrainResult] | None = None
+    seconds = 0.0
+    for lr in cfg.lr_choices or (cfg.lr,):
+        result = train(
+            replace(cfg, seed=cfg.seed + f, lr=lr),
+            feats(train_ids),
+            targs(train_ids),
+            feats(val_ids),
+            targs(val_ids),
+            train_variants=[
+                [features[v.clip_id] for v in variants.get(usable[i].clip_id, [])] for i in train_ids
+            ],
+        )
+        seconds += result.seconds
+        val = min(h["val_mse"] for h in result.history)
+        if best is None or val < best[0]:
+            best = (val, lr, result)
+    assert best is not None
+    _, lr, result = best
+    test_seqs = make_sequences(feats(test_idx), targs(test_idx), result.normaliser, cfg.targets)
+    # Rounded as they are stored, so a report written now equals one rebuilt from the stored folds.
+    fold_preds = [p.astype(np.float16).astype(np.float32) for p in predict(result.model, test_seqs)]
+    return fold_preds, result.best_epoch, seconds, lr
+
+
+def _save_fold(
+    path: Path, ids: Sequence[str], preds: Sequence[FloatArray], best_epoch: int, seconds: float, lr: float
+) -> None:
+    """Store one fold's test predictions compactly (float16, a few hundred kB), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        clip_ids=np.array(ids),
+        predictions=np.concatenate(preds).astype(np.float16),
+        lengths=np.array([p.shape[0] for p in preds]),
+        best_epoch=best_epoch,
+        seconds=seconds,
+        lr=lr,
+    )
+    tmp.replace(path)
+
+
+def _load_fold(path: Path, test_ids: Sequence[str]) -> tuple[list[FloatArray], int, float]:
+    """A stored fold's predictions (float32), best epoch and seconds; checks it is this fold's clips."""
+    with np.load(path, allow_pickle=False) as saved:
+        if "clip_ids" in saved and [str(c) for c in saved["clip_ids"]] != list(test_ids):
+            raise ValueError(f"{path} holds other clips than this fold's test set")
+        lengths = saved["lengths"]
+        preds = [p.astype(np.float32) for p in np.split(saved["predictions"], np.cumsum(lengths)[:-1])]
+        return preds, int(saved["best_epoch"]), float(saved["seconds"])
+
+
+def write_report(
+    results: Sequence[CVResult],
+    out_dir: Path,
+    title: str,
+    notes: str = "",
+    paired: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Write ``report.md`` and ``report.json`` laid out like the paper's Table 1 (one row per model).
+
+    Args:
+        results: One row each.
+        out_dir: Where the report goes.
+        title: Its title.
+        notes: A paragraph under the table.
+        paired: :func:`paired_tests` results, tabled under the rows.
 
     Returns:
         The JSON content.
@@ -272,7 +379,7 @@ def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: 
                 "metrics": s,
             }
         )
-    doc = {"title": title, "notes": notes, "rows": rows}
+    doc = {"title": title, "notes": notes, "rows": rows, "paired": list(paired)}
     (out_dir / "report.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
 
     def cell(m: Mapping[str, dict[str, float]], dim: str, key: str) -> str:
@@ -291,6 +398,20 @@ def write_report(results: Sequence[CVResult], out_dir: Path, title: str, notes: 
             f"{cell(m, 'arousal', 'tau')} | {cell(m, 'valence', 'tau')} | {cell(m, 'arousal', 'mae')} | "
             f"{cell(m, 'valence', 'mae')} | {row['folds']} | {row['seconds'] / 60:.1f} min |"
         )
+    for test in paired:
+        first, second = test["models"]
+        lines += [
+            "",
+            f"Paired Wilcoxon signed-rank tests, {first} − {second} on the {test['pieces']} pieces both have "
+            "(per-piece mean squared error and Kendall τ; median difference, two-sided p):",
+            "",
+            "| output | Δ sq. error | p | Δ τ | p |",
+            "|---|---|---|---|---|",
+        ]
+        for dim in (k for k in test if k not in ("models", "pieces")):
+            se, tau = test[dim]["sq_error"], test[dim]["tau"]
+            cells = f"{se['median_diff']:+.4f} | {se['p']:.3g} | {tau['median_diff']:+.3f} | {tau['p']:.3g}"
+            lines.append(f"| {dim} | {cells} |")
     if notes:
         lines += ["", notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -24,7 +24,7 @@ from model_export.cache import FeatureCache
 from model_export.checkpoint import load_checkpoint, save_checkpoint
 from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.datasets.registry import load as load_dataset
-from model_export.evaluate import CVResult, cross_validate, plot_figures, write_report
+from model_export.evaluate import CVResult, cross_validate, paired_tests, plot_figures, write_report
 from model_export.joint import JointCVResult, cross_validate_joint, train_joint
 from model_export.joint_report import reference_row, write_joint_report
 from model_export.smoothing import Smoothing
@@ -211,8 +211,12 @@ def cv_presets(
     out: Path,
     command: str,
     resume: bool = True,
+    train_missing: bool = True,
 ) -> tuple[list[CVResult], dict[str, Any]]:
     """Cross-validate each configuration on the same folds; write the report and, for AT vs NAT, figures.
+
+    Finished folds are stored under ``out/folds`` (float16, a few hundred kB each: committed, so
+    sessions on other machines add folds instead of starting again) and reused for the same key.
 
     Args:
         spec: The data (named in the report).
@@ -222,7 +226,8 @@ def cv_presets(
         folds_to_run: Run only the first N folds.
         out: Report folder.
         command: The command line, quoted in the report's notes.
-        resume: Reuse folds stored under ``<cache>/cv`` by an earlier run with the same key.
+        resume: Reuse folds stored under ``out/folds`` by an earlier run with the same key.
+        train_missing: Train the folds that are not stored (False: a report of the stored ones only).
 
     Returns:
         The results and the report's JSON content.
@@ -235,7 +240,8 @@ def cv_presets(
             data.features,
             k=folds,
             folds_to_run=folds_to_run,
-            state_dir=spec.cache / "cv" if resume else None,
+            state_dir=out / "folds" if resume else None,
+            train_missing=train_missing,
         )
         for cfg in configs
     ]
@@ -247,11 +253,22 @@ def cv_presets(
         f"{folds}-fold CV grouped by piece; metrics on pooled out-of-fold predictions. "
         f"Command: `{command}`"
     )
-    doc = write_report(results, out, f"{spec.dataset} at {spec.rate} Hz", notes)
-    at = [r for r in results if "_AT_" in r.name]
-    nat = [r for r in results if "_NAT_" in r.name]
-    if at and nat:
-        plot_figures(at[0], nat[0], out)
+    pairs = [
+        (a, n)
+        for a in results
+        for n in results
+        if "_AT_" in a.name and n.name == a.name.replace("_AT_", "_NAT_") and a.clip_ids and n.clip_ids
+    ]
+    notes += " Folds in: " + ", ".join(f"{r.name} {r.folds_run}/{r.folds_total}" for r in results) + "."
+    doc = write_report(
+        results,
+        out,
+        f"{spec.dataset} at {spec.rate} Hz",
+        notes,
+        paired=[paired_tests(a, n) for a, n in pairs],
+    )
+    if pairs:
+        plot_figures(pairs[0][0], pairs[0][1], out)
     return results, doc
 
 

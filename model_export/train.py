@@ -97,6 +97,8 @@ class TrainConfig:
             each clip-labelled clip (0: the whole clip, every epoch).
         input_noise: Standard deviation of Gaussian noise added to the standardised features of every
             training batch (0: none); a regulariser for 6373 inputs and a few hundred clips.
+        lr_choices: Learning rates to try in each CV fold, keeping the one with the lowest
+            validation loss (empty: ``lr`` only). Gives every model the same small tuning budget.
     """
 
     preset: str = "LSTM_AT_400"
@@ -121,6 +123,7 @@ class TrainConfig:
     domain_statistics: bool = False
     clip_crop_frames: int = 0
     input_noise: float = 0.0
+    lr_choices: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -143,6 +146,7 @@ class TrainConfig:
         """JSON-friendly form (for checkpoints and reports)."""
         d = asdict(self)
         d["targets"] = list(self.targets)
+        d["lr_choices"] = list(self.lr_choices)
         return d
 
 

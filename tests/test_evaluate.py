@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import model_export.evaluate as ev
 from model_export.__main__ import main
 from model_export.datasets.base import Clip
-from model_export.train import TrainConfig
+from model_export.train import TrainConfig, TrainResult, train
 
 F = 10
 
@@ -84,30 +85,99 @@ def test_partial_cv_and_report(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_cli_cv_on_synthetic_audio_end_to_end(tmp_path: Path) -> None:
-    rc = main(
-        [
-            "cv",
-            "--dataset", "synthetic",
-            "--root", str(tmp_path / "data"),
-            "--cache", str(tmp_path / "cache"),
-            "--option", "n_clips=8",
-            "--option", "duration_s=4",
-            "--presets", "LSTM_AT_400", "LSTM_NAT_400",
-            "--model-option", "hidden_sizes=[8]",
-            "--model-option", "attention_window=4",
-            "--epochs", "2",
-            "--folds", "2",
-            "--threads", "1",
-            "--out", str(tmp_path / "report"),
-        ]
-    )  # fmt: skip
-    assert rc == 0
-    doc = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert [r["model"] for r in doc["rows"]] == ["LSTM_AT_400", "LSTM_NAT_400"]
-    assert doc["rows"][0]["frames"] == 8 * 8
-    assert (tmp_path / "report" / "curves_valence.png").exists()
-    assert len(list((tmp_path / "cache" / "cv").glob("*.npz"))) == 4
+def test_cli_cv_stores_folds_with_the_report_resumes_and_rebuilds_it(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    args = [
+        "cv",
+        "--dataset", "synthetic",
+        "--root", str(tmp_path / "data"),
+        "--cache", str(tmp_path / "cache"),
+        "--option", "n_clips=9",
+        "--option", "duration_s=4",
+        "--presets", "LSTM_AT_400", "LSTM_NAT_400",
+        "--model-option", "hidden_sizes=[8]",
+        "--model-option", "attention_window=4",
+        "--epochs", "2",
+        "--folds", "3",
+        "--threads", "1",
+        "--out", str(report),
+    ]  # fmt: skip
+    assert main([*args, "--folds-to-run", "2"]) == 0
+    partial = json.loads((report / "report.json").read_text())
+    assert [r["model"] for r in partial["rows"]] == ["LSTM_AT_400", "LSTM_NAT_400"]
+    assert [r["folds"] for r in partial["rows"]] == ["2/3", "2/3"]
+    folds = sorted((report / "folds").glob("*.npz"))  # beside the report: committed, they travel
+    assert len(folds) == 4
+    with np.load(folds[0]) as saved:
+        assert saved["predictions"].dtype == np.float16
+        assert len(saved["clip_ids"]) == len(saved["lengths"])
+    assert not (tmp_path / "cache" / "cv").exists()
+    (tmp_path / "report.md").write_text((report / "report.md").read_text())
+
+    # On another machine, without training: the report rebuilt from the stored folds is the same.
+    assert main([*args, "--folds-to-run", "2", "--report-only"]) == 0
+    rebuilt = json.loads((report / "report.json").read_text())
+    assert rebuilt["rows"] == partial["rows"]
+    assert rebuilt["paired"] == partial["paired"]
+    assert (report / "report.md").read_text() == (tmp_path / "report.md").read_text()
+    assert "Paired Wilcoxon" in (report / "report.md").read_text()
+    assert "LSTM_AT_400 2/3" in rebuilt["notes"]
+    # All three folds asked for, report only: still the two that are stored.
+    assert main([*args, "--report-only"]) == 0
+    assert [r["folds"] for r in json.loads((report / "report.json").read_text())["rows"]] == ["2/3", "2/3"]
+
+    # Resumed: only the third fold of each model trains; the first two are not touched.
+    stamps = {p.name: p.stat().st_mtime_ns for p in folds}
+    assert main(args) == 0
+    full = json.loads((report / "report.json").read_text())
+    assert [r["folds"] for r in full["rows"]] == ["3/3", "3/3"]
+    assert full["rows"][0]["clips"] == 9
+    assert len(list((report / "folds").glob("*.npz"))) == 6
+    assert {p.name: p.stat().st_mtime_ns for p in folds} == stamps
+    assert (report / "curves_valence.png").exists()
+
+
+def test_paired_tests_compare_per_piece_errors() -> None:
+    clips, _ = _data()
+    targets = [c.targets for c in clips]
+    ids = [c.clip_id for c in clips]
+    rng = np.random.default_rng(1)
+    good = [t + 0.01 * rng.standard_normal(t.shape).astype(np.float32) for t in targets]
+    bad = [t + 0.3 * rng.standard_normal(t.shape).astype(np.float32) for t in targets]
+
+    def result(name: str, preds: list[np.ndarray]) -> ev.CVResult:
+        return ev.CVResult(name, CFG, ids, preds, targets, 3, 3, 0.0, [1, 1, 1])
+
+    test = ev.paired_tests(result("a", good), result("b", bad))
+    assert test["models"] == ["a", "b"]
+    assert test["pieces"] == 12
+    for dim in ("arousal", "valence"):
+        assert test[dim]["sq_error"]["median_diff"] < 0
+        assert test[dim]["sq_error"]["p"] < 0.01  # 12 of 12 pieces better: p = 2 / 2^12
+        assert test[dim]["tau"]["median_diff"] > 0
+    same = ev.paired_tests(result("a", good), result("b", good))
+    assert np.isnan(same["arousal"]["sq_error"]["p"])  # no differences: no test
+
+
+def test_lr_choices_keep_the_rate_with_the_best_validation_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clips, feats = _data()
+    tried: list[float] = []
+    real_train = train
+
+    def recording_train(cfg: TrainConfig, *args: Any, **kwargs: Any) -> TrainResult:
+        tried.append(cfg.lr)
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "train", recording_train)
+    cfg = TrainConfig(**{**CFG.__dict__, "lr_choices": (1e-6, 3e-3)})
+    ev.cross_validate("m", cfg, clips, feats, k=3, folds_to_run=1, state_dir=tmp_path)
+    assert tried == [1e-6, 3e-3]
+    (fold,) = tmp_path.glob("*.npz")
+    with np.load(fold) as saved:
+        assert float(saved["lr"]) == 3e-3  # a rate of 1e-6 barely moves in 3 epochs
+    assert ev.cv_run_key("m", cfg, 3, 0, clips, feats) != ev.cv_run_key("m", CFG, 3, 0, clips, feats)
 
 
 def test_run_key_ignores_thread_count_but_not_settings_or_data() -> None:
