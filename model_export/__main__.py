@@ -252,6 +252,7 @@ def cmd_joint_cv(args: argparse.Namespace) -> int:
         quoted=args.quoted,
         smoothing=_smoothing(args),
         probe=args.probe,
+        train_missing=not args.report_only,
     )
     keys = ("quadrant_accuracy", "macro_f1")
     summary = [{"model": r["model"], **{k: (r.get("clip") or {}).get(k) for k in keys}} for r in doc["rows"]]
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
     p.add_argument("--probe", action="store_true", help="add the linear probe's row (same folds)")
+    p.add_argument(
+        "--report-only", action="store_true", help="train nothing: a report of the folds stored in OUT/folds"
+    )
     _smoothing_args(p)
     p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
     _data_args(p)

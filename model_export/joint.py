@@ -232,6 +232,7 @@ def cross_validate_joint(
     fold_seed: int = 0,
     folds_to_run: int | None = None,
     state_dir: Path | None = None,
+    train_missing: bool = True,
 ) -> JointCVResult:
     """Run (or restore) the joint protocol's folds; see the module docstring.
 
@@ -247,6 +248,7 @@ def cross_validate_joint(
         fold_seed: Seed of both fold assignments.
         folds_to_run: Run only the first N folds.
         state_dir: Where finished folds are stored and found again.
+        train_missing: Train the folds that are not stored (False: restore the stored ones only).
 
     Returns:
         The predictions of every fold that ran or was restored, rounded to float16 as stored.
@@ -282,6 +284,8 @@ def cross_validate_joint(
         if path is not None and path.exists():
             stored = _load_fold(path)
             log.info("%s fold %d/%d restored from %s", name, f + 1, k, path)
+        elif not train_missing:
+            continue
         else:
             test_clips = [clips[i] for i in fold.clip_test]
             stored = _run_fold(

@@ -245,6 +245,10 @@ def cv_presets(
         )
         for cfg in configs
     ]
+    for r in results:
+        if not r.folds_run:
+            log.warning("%s: no folds stored under %s; left out of the report", r.name, out / "folds")
+    results = [r for r in results if r.folds_run]
     n_variants = sum(1 for c in data.clips if c.variant_of and c.clip_id in data.features)
     augmented = f" + {n_variants} augmented renditions, in training parts only" if n_variants else ""
     notes = (
@@ -285,6 +289,7 @@ def joint_cv(
     quoted: Path | None = None,
     smoothing: Smoothing | None = None,
     probe: bool = False,
+    train_missing: bool = True,
 ) -> tuple[list[JointCVResult], dict[str, Any]]:
     """The joint protocol (:mod:`model_export.joint`) for each configuration, and its report.
 
@@ -303,6 +308,7 @@ def joint_cv(
         quoted: A JSON list of rows measured elsewhere, each with a ``source``.
         smoothing: Also report each configuration with this output smoothing (an extra row).
         probe: Add the linear probe's row (:func:`model_export.baseline.clip_probe_cv`, same folds).
+        train_missing: Train the folds that are not stored (False: a report of the stored ones).
 
     Returns:
         The results and the report's JSON content.
@@ -319,9 +325,14 @@ def joint_cv(
             k=folds,
             folds_to_run=folds_to_run,
             state_dir=out / "folds",
+            train_missing=train_missing,
         )
         for cfg in configs
     ]
+    for r in results:
+        if not r.folds_run:
+            log.warning("%s: no folds stored under %s; left out of the report", r.name, out / "folds")
+    results = [r for r in results if r.folds_run]
     if smoothing is not None:
         results += [r.smoothed(smoothing) for r in results]
     rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]

@@ -117,6 +117,12 @@ def test_stored_folds_rebuild_the_report_without_training(
     after = json.loads((tmp / "report" / "report.json").read_text())
     assert after["rows"][3]["clip"] == before["rows"][3]["clip"]
     assert after["rows"][3]["frame_per_fold"] == before["rows"][3]["frame_per_fold"]
+    # --report-only with a preset that has no stored folds: it is left out, the others are reported.
+    nat = [*args[: args.index("LSTM_AT_400") + 1], "LSTM_NAT_400", *args[args.index("LSTM_AT_400") + 1 :]]
+    assert main([*nat, "--report-only"]) == 0
+    rows = {r["model"]: r for r in json.loads((tmp / "report" / "report.json").read_text())["rows"]}
+    assert rows["LSTM_AT_400"]["clip"] == before["rows"][3]["clip"]
+    assert "LSTM_NAT_400" not in rows
 
 
 def test_train_on_both_kinds_of_labels_records_both_datasets(
