@@ -23,6 +23,7 @@ extraction rate a cluster reaches; measured in ``bench/batch.py``).
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -142,8 +143,6 @@ def run_ray(
         ImportError: If Ray is not installed (the ``cluster`` extra).
         ModelNotReadyError, ContractError: If the model cannot be loaded (checked on the driver first).
     """
-    import json
-
     import ray
 
     # Fail on the driver, before a cluster is touched, if the model is unusable.
@@ -264,6 +263,4 @@ def _error_fields(item: Failure) -> dict[str, Any]:
 
 
 def _json(row: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(row)
