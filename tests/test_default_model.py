@@ -37,9 +37,27 @@ def test_default_model_is_small_and_carries_its_card() -> None:
     card = json.loads(meta[CARD_KEY])
     # The Markdown card beside the model is rendered from exactly the facts inside it.
     assert CARD_PATH.read_text() == render_markdown(card)
-    assert card["training_data"]["dataset"] == "vgmidi"
+    # 2.x: trained on VGMIDI's per-frame ratings and 4Q's clip quadrants, smoothed in the graph.
+    assert card["training_data"]["dataset"] == "vgmidi+fourq"
     assert card["cross_validation"]["this_preset"] is not None
-    assert "research" in " ".join(card["licences"])
+    joint = json.loads(meta["mer.metrics"])["joint"]
+    assert joint["clip"]["clips"] == 600
+    assert json.loads(meta["mer.smoothing"])["alpha"] == 0.9
+    licences = " ".join(card["licences"])
+    assert "research" in licences
+    assert "4Q" in licences
+
+
+def test_the_default_models_frames_move_like_listeners_curves(
+    shipped: tuple[Predictor, FeatureExtractor],
+) -> None:
+    # The in-graph smoothing keeps frame-to-frame steps near the ratings' (~0.006 on VGMIDI), where
+    # the unsmoothed 1.x model jumped by ~0.12.
+    predictor, extractor = shipped
+    rate = extractor.config.sample_rate
+    y = predictor.predict(extractor.extract(synth_music(60.0, rate, seed=5)).values)
+    steps = np.mean(np.abs(np.diff(y[10:], axis=0)), axis=0)
+    assert np.all(steps < 0.03), steps
 
 
 def _at_rms(x: np.ndarray, dbfs: float) -> np.ndarray:
