@@ -37,8 +37,8 @@ class ErrorResponse(BaseModel):
 class ModelRef(BaseModel):
     """Which model answered."""
 
-    name: str = Field(examples=["vgmidi_at400"])
-    version: str = Field(examples=["1.0.0"])
+    name: str = Field(examples=["mer-lstm-at-400"])
+    version: str = Field(examples=["2.0.0"])
 
 
 class Frame(BaseModel):
@@ -106,7 +106,7 @@ class AudioPredictionResponse(FramesResponse):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"name": "vgmidi_at400", "version": "1.0.0"},
+                    "model": {"name": "mer-lstm-at-400", "version": "2.0.0"},
                     "sample_rate": 16000,
                     "hop_s": 0.5,
                     "window_s": 0.5,
