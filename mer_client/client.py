@@ -132,6 +132,20 @@ def _error(response: httpx.Response) -> MERError:
     return cls(response.status_code, code, message, retry_after)
 
 
+def _outcome(call: _Call, response: httpx.Response) -> Any:
+    """The parsed result, or a 503 to retry (returned); any other failure is raised at once."""
+    if response.is_success:
+        return call.parse(response)
+    failure = _error(response)
+    if response.status_code != 503:
+        raise failure
+    return failure
+
+
+def _unreachable(exc: httpx.TransportError) -> MERUnavailableError:
+    return MERUnavailableError(0, "unreachable", f"{type(exc).__name__}: {exc}")
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -208,18 +222,14 @@ class Client:
     def _send(self, call: _Call) -> Any:
         for attempt in range(self.retry.retries + 1):
             try:
-                response = self._http.request(call.method, call.path, **call.send_kwargs())
+                outcome = _outcome(call, self._http.request(call.method, call.path, **call.send_kwargs()))
             except httpx.TransportError as exc:
-                failure: MERError = MERUnavailableError(0, "unreachable", f"{type(exc).__name__}: {exc}")
-            else:
-                if response.is_success:
-                    return call.parse(response)
-                failure = _error(response)
-                if response.status_code != 503:
-                    raise failure
+                outcome = _unreachable(exc)
+            if not isinstance(outcome, MERError):
+                return outcome
             if attempt == self.retry.retries:
-                raise failure
-            time.sleep(self.retry.wait_s(attempt, failure.retry_after_s))
+                raise outcome
+            time.sleep(self.retry.wait_s(attempt, outcome.retry_after_s))
         raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -283,15 +293,12 @@ class AsyncClient:
         for attempt in range(self.retry.retries + 1):
             try:
                 response = await self._http.request(call.method, call.path, **call.send_kwargs())
+                outcome = _outcome(call, response)
             except httpx.TransportError as exc:
-                failure: MERError = MERUnavailableError(0, "unreachable", f"{type(exc).__name__}: {exc}")
-            else:
-                if response.is_success:
-                    return call.parse(response)
-                failure = _error(response)
-                if response.status_code != 503:
-                    raise failure
+                outcome = _unreachable(exc)
+            if not isinstance(outcome, MERError):
+                return outcome
             if attempt == self.retry.retries:
-                raise failure
-            await asyncio.sleep(self.retry.wait_s(attempt, failure.retry_after_s))
+                raise outcome
+            await asyncio.sleep(self.retry.wait_s(attempt, outcome.retry_after_s))
         raise AssertionError("unreachable")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -201,6 +201,17 @@ def train_and_save(
     return result
 
 
+R = TypeVar("R", CVResult, JointCVResult)
+
+
+def _with_folds(results: list[R], out: Path) -> list[R]:
+    """The results that have folds in (a report-only run can find none for a preset): a report row each."""
+    for r in results:
+        if not r.folds_run:
+            log.warning("%s: no folds stored under %s; left out of the report", r.name, out / "folds")
+    return [r for r in results if r.folds_run]
+
+
 def cv_presets(
     spec: DataSpec,
     data: LoadedData,
@@ -245,10 +256,7 @@ def cv_presets(
         )
         for cfg in configs
     ]
-    for r in results:
-        if not r.folds_run:
-            log.warning("%s: no folds stored under %s; left out of the report", r.name, out / "folds")
-    results = [r for r in results if r.folds_run]
+    results = _with_folds(results, out)
     n_variants = sum(1 for c in data.clips if c.variant_of and c.clip_id in data.features)
     augmented = f" + {n_variants} augmented renditions, in training parts only" if n_variants else ""
     notes = (
@@ -329,10 +337,7 @@ def joint_cv(
         )
         for cfg in configs
     ]
-    for r in results:
-        if not r.folds_run:
-            log.warning("%s: no folds stored under %s; left out of the report", r.name, out / "folds")
-    results = [r for r in results if r.folds_run]
+    results = _with_folds(results, out)
     if smoothing is not None:
         results += [r.smoothed(smoothing) for r in results]
     rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]

@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from app.batch.local import JobStats, pending
+from app.batch.local import JobStats, pending, record_problem
 from app.batch.output import OutputFolder
 from app.batch.scoring import Failure, Limits, Scorer, failure
 from app.batch.tracks import InputProblem, Item, Track
-from app.core.errors import InvalidRequestError
 from app.core.predictor import Predictor, ProviderChoice
 
 __all__ = ["RayOptions", "run_ray"]
@@ -163,11 +162,7 @@ def run_ray(
             tracks = []
             for item in chunk:
                 if isinstance(item, InputProblem):
-                    problem = failure(item.id, item.path, InvalidRequestError(item.message))
-                    out.record_failure(problem)
-                    stats.count_failure(problem)
-                    if progress is not None:
-                        progress(1, 0.0)
+                    record_problem(item, out, stats, progress)
                 else:
                     tracks.append(_track_row(item))
             if not tracks:

@@ -21,7 +21,7 @@ from app.batch.scoring import Failure, Scored, Scorer, failure
 from app.batch.tracks import InputProblem, Item, Track
 from app.core.errors import InvalidRequestError
 
-__all__ = ["JobStats", "run_local"]
+__all__ = ["JobStats", "pending", "record_problem", "run_local"]
 
 
 @dataclass
@@ -81,6 +81,17 @@ def pending(items: Iterable[Item], done: DoneIds, stats: JobStats, limit: int | 
         yield item
 
 
+def record_problem(
+    item: InputProblem, out: OutputFolder, stats: JobStats, progress: Callable[[int, float], None] | None
+) -> None:
+    """Record an input line that is not a track as a failure (``invalid_request``), as both engines do."""
+    problem = failure(item.id, item.path, InvalidRequestError(item.message))
+    out.record_failure(problem)
+    stats.count_failure(problem)
+    if progress is not None:
+        progress(1, 0.0)
+
+
 def run_local(
     scorer: Scorer,
     items: Iterable[Item],
@@ -131,11 +142,7 @@ def run_local(
 
         for item in pending(items, out.done_ids(), stats, limit):
             if isinstance(item, InputProblem):
-                problem = failure(item.id, item.path, InvalidRequestError(item.message))
-                out.record_failure(problem)
-                stats.count_failure(problem)
-                if progress is not None:
-                    progress(1, 0.0)
+                record_problem(item, out, stats, progress)
                 continue
             running[pool.submit(scorer.score, item)] = item
             if len(running) >= window:
