@@ -29,7 +29,8 @@ from app.core.contract import OUTPUTS, transform_features
 from app.core.features import FeatureExtractor
 from app.core.types import Float64Array, FloatArray
 from model_export.datasets.base import Clip, originals
-from model_export.evaluate import CVResult, group_folds
+from model_export.evaluate import CVResult
+from model_export.splits import group_folds
 from model_export.train import TrainConfig
 
 
@@ -196,7 +197,7 @@ def clip_probe_cv(
     """The linear probe of clip-level labels: logistic regression on a clip's feature mean and std.
 
     One model per output, trained on the other folds (grouped as the joint CV's folds: the same
-    :func:`~model_export.evaluate.group_folds` assignment), standardised with their statistics. What a
+    :func:`~model_export.splits.group_folds` assignment), standardised with their statistics. What a
     linear map of whole-clip statistics gets from the features, for the joint report to beat.
 
     Returns:

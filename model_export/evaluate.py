@@ -20,6 +20,7 @@ from scipy.stats import kendalltau
 
 from app.core.types import FloatArray
 from model_export.datasets.base import Clip, originals, variants_by_original
+from model_export.splits import group_folds, validation_split
 from model_export.train import (
     TrainConfig,
     TrainResult,
@@ -27,33 +28,9 @@ from model_export.train import (
     predict,
     select_targets,
     train,
-    validation_split,
 )
 
 log = logging.getLogger(__name__)
-
-
-def group_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[list[int]]:
-    """Assign clip indices to ``k`` folds so that no group is split (shuffled, balanced by frames).
-
-    Args:
-        groups: Group (song/piece) of each clip.
-        k: Number of folds (at most the number of groups).
-        seed: Shuffling seed.
-
-    Returns:
-        ``k`` lists of clip indices.
-    """
-    unique = sorted(set(groups))
-    if not 2 <= k <= len(unique):
-        raise ValueError(f"need 2 <= k <= {len(unique)} groups, got k={k}")
-    rng = np.random.default_rng(seed)
-    rng.shuffle(unique)
-    fold_of = {g: i % k for i, g in enumerate(unique)}
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for idx, g in enumerate(groups):
-        folds[fold_of[g]].append(idx)
-    return folds
 
 
 def metrics(

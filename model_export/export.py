@@ -1,6 +1,6 @@
 """Checkpoint -> self-describing ONNX file: the one artefact serving loads.
 
-The exported graph is :class:`ExportModule`: the training :class:`~model_export.train.Normaliser`
+The exported graph is :class:`ExportModule`: the training :class:`~model_export.normaliser.Normaliser`
 (rebuilt from the contract's statistics) followed by the :class:`~model_export.model.EmotionRNN`. It
 maps *raw* openSMILE features ``features`` (B, T, F) float32 to ``emotion`` (B, T, O) in [-1, 1], so
 serving feeds the extractor's output as is and the graph normalises it exactly as training did; no
@@ -49,8 +49,8 @@ from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelCon
 from app.core.types import FloatArray
 from model_export.checkpoint import check_model_matches_contract, load_checkpoint
 from model_export.model import EmotionRNN, export_onnx
+from model_export.normaliser import Normaliser
 from model_export.smoothing import CausalSmoother, Smoothing
-from model_export.train import Normaliser
 
 __all__ = [
     "PARITY_TOLERANCE",
@@ -82,7 +82,7 @@ class ExportModule(nn.Module):
     Args:
         model: The trained model (expects standardised features).
         contract: The model's contract; its ``norm_mean``, ``norm_std``, ``feature_transform`` and
-            ``clip_z`` build the front :class:`~model_export.train.Normaliser`.
+            ``clip_z`` build the front :class:`~model_export.normaliser.Normaliser`.
         smoothing: Causal smoothing of the outputs (:mod:`model_export.smoothing`); ``None``: none.
 
     Raises:

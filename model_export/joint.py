@@ -34,8 +34,9 @@ import numpy as np
 from app.core.types import FloatArray
 from model_export.clip_metrics import clip_means, clip_scores, jitter
 from model_export.datasets.base import Clip, originals
-from model_export.evaluate import cv_run_key, group_folds, metrics
+from model_export.evaluate import cv_run_key, metrics
 from model_export.smoothing import Smoothing, smooth_causal
+from model_export.splits import group_folds, validation_split
 from model_export.train import (
     Supervision,
     TrainConfig,
@@ -43,7 +44,6 @@ from model_export.train import (
     make_sequences,
     predict,
     train,
-    validation_split,
 )
 
 __all__ = [

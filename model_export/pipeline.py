@@ -28,7 +28,8 @@ from model_export.evaluate import CVResult, cross_validate, paired_tests, plot_f
 from model_export.joint import JointCVResult, cross_validate_joint, train_joint
 from model_export.joint_report import reference_row, write_joint_report
 from model_export.smoothing import Smoothing
-from model_export.train import TrainConfig, TrainResult, train, validation_split
+from model_export.splits import validation_split
+from model_export.train import TrainConfig, TrainResult, train
 
 __all__ = [
     "REPO",

@@ -8,7 +8,7 @@ import pytest
 from app.core.contract import transform_features
 from model_export.baseline import ridge_cv
 from model_export.datasets.base import Clip
-from model_export.evaluate import group_folds
+from model_export.splits import group_folds
 
 F = 15
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model_export.datasets import fourq, registry
-from model_export.evaluate import group_folds
+from model_export.splits import group_folds
 from tests.datasets_fixtures import write_audio, write_fourq_tree
 
 ROWS = [

@@ -405,7 +405,7 @@ def test_each_variation_changes_the_rendition(root: Path, tmp_path: Path) -> Non
 def test_cli_train_with_augmentation_records_it_in_the_checkpoint(root: Path, tmp_path: Path) -> None:
     from model_export.__main__ import main
     from model_export.checkpoint import load_checkpoint
-    from model_export.train import validation_split
+    from model_export.splits import validation_split
 
     out = tmp_path / "m.pt"
     argv = ["train", "--dataset", "vgmidi", "--root", str(root), "--cache", str(tmp_path), "--rate", "16000"]

@@ -7,21 +7,20 @@ import pytest
 import torch
 
 from app.core.contract import FeatureConfig, ModelContract
-from model_export.evaluate import group_folds, metrics
+from model_export.evaluate import metrics
+from model_export.normaliser import Normaliser, fit_statistics
+from model_export.splits import group_folds, validation_split
 from model_export.train import (
-    Normaliser,
     Supervision,
     TrainConfig,
     TrainSequence,
     _cropped,
     _pad,
     batch_loss,
-    fit_statistics,
     make_batches,
     make_sequences,
     predict,
     train,
-    validation_split,
 )
 
 F = 12
@@ -167,7 +166,7 @@ def test_bucketed_batches_pad_far_less_than_random_ones() -> None:
 def test_log1p_is_accurate_for_tiny_and_huge_values_in_torch_and_onnx(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from model_export.train import _log1p
+    from model_export.normaliser import _log1p
 
     u = np.concatenate([[0.0], np.logspace(-12, 38, 400)]).astype(np.float32)
     want = np.log1p(u.astype(np.float64))

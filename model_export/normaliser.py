@@ -1,0 +1,84 @@
+"""The model's input front: feature compression and standardisation, in torch, fitted on training data.
+
+:class:`Normaliser` is the first layer of every exported graph (so serving feeds raw features), and
+:func:`fit_statistics` computes its statistics from a training part only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor, nn
+
+from app.core.contract import FEATURE_TRANSFORMS, transform_features
+from app.core.types import FloatArray
+
+__all__ = ["Normaliser", "fit_statistics"]
+
+
+class Normaliser(nn.Module):
+    """``clip((transform(x) - mean) / std, -clip_z, clip_z)``: the model's input front.
+
+    The same arithmetic as :meth:`app.core.contract.ModelContract.normalise`, in torch so that it is part
+    of the exported graph.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: FloatArray, std: FloatArray, transform: str, clip_z: float) -> None:
+        super().__init__()
+        if transform not in FEATURE_TRANSFORMS:
+            raise ValueError(f"unknown feature transform {transform!r}")
+        self.transform = transform
+        self.clip_z = float(clip_z)
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)))
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise raw ``(..., F)`` features."""
+        if self.transform == "signed_log1p":
+            x = torch.sign(x) * _log1p(torch.abs(x))
+        z = (x - self.mean) / self.std
+        return torch.clamp(z, -self.clip_z, self.clip_z)
+
+
+def _log1p(u: Tensor) -> Tensor:
+    """``log(1 + u)`` for ``u >= 0``, accurate for tiny ``u``, from operators every ONNX runtime has.
+
+    ONNX has no Log1p: ``torch.log1p`` exports as ``Log(1 + u)``, which is 0 for ``u`` under float32's
+    epsilon. Some ComParE functionals live at ~1e-8 with a spread of ~1e-8, so that difference moved
+    their standardised values by up to 1.0 (measured on the VGMIDI model). ``log(w) * (u / (w - 1))``
+    with ``w = 1 + u`` (Goldberg's trick) corrects the rounding of ``w`` and agrees with ``log1p`` to a
+    few ulps; where ``w`` rounds to 1, ``log1p(u) = u`` to float32 precision. The division comes first
+    so that ``u`` near float32's maximum cannot overflow the product.
+    """
+    w = 1.0 + u
+    return torch.where(w == 1.0, u, torch.log(w) * (u / (w - 1.0)))
+
+
+def fit_statistics(features: Sequence[FloatArray], transform: str) -> tuple[FloatArray, FloatArray]:
+    """Per-feature mean and std of the transformed frames of the training part only.
+
+    Accumulated in float64 by streaming over clips; a feature that is constant in the training data
+    gets std 1 (it then carries no information, and must not divide by zero).
+    """
+    n = 0
+    total: npt.NDArray[np.float64] | None = None
+    total_sq: npt.NDArray[np.float64] | None = None
+    for f in features:
+        x = transform_features(f.astype(np.float64), transform)
+        s, sq = x.sum(axis=0), np.square(x).sum(axis=0)
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        n += x.shape[0]
+    if total is None or total_sq is None or n == 0:
+        raise ValueError("no training frames")
+    mean = total / n
+    var = np.maximum(total_sq / n - np.square(mean), 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
