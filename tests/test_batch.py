@@ -260,6 +260,9 @@ def test_the_cli_scores_resumes_limits_and_summarises(
 
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
     assert "no such input" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main([str(catalogue), "--out", str(tmp_path / "a-file")]) == 2
+    assert "cannot write" in capsys.readouterr().err
     assert main([str(catalogue), "--out", str(tmp_path / "o2"), "--model", str(tmp_path / "none.onnx")]) == 2
     assert "model_not_ready" in capsys.readouterr().err
     with pytest.raises(SystemExit):

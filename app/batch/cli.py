@@ -80,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mer-score: no such input: {', '.join(missing)}", file=sys.stderr)
         return 2
     limits = Limits(args.max_duration_s, settings.max_decoded_samples)
-    out = OutputFolder(args.out, args.format, args.part_rows)
+    try:
+        out = OutputFolder(args.out, args.format, args.part_rows)
+    except OSError as exc:  # not a folder, not writable
+        print(f"mer-score: cannot write to {args.out}: {exc}", file=sys.stderr)
+        return 2
     total = count_tracks(args.inputs)
     progress, close_bar = _progress_bar(
         total if args.limit is None else min(total, args.limit), disabled=args.no_progress

@@ -140,14 +140,17 @@ def run_local(
                 if progress is not None:
                     progress(1, seconds)
 
-        for item in pending(items, out.done_ids(), stats, limit):
-            if isinstance(item, InputProblem):
-                record_problem(item, out, stats, progress)
-                continue
-            running[pool.submit(scorer.score, item)] = item
-            if len(running) >= window:
-                settle(block=True)
-        if running:
-            settle(block=False)
-    out.close()
+        try:
+            for item in pending(items, out.done_ids(), stats, limit):
+                if isinstance(item, InputProblem):
+                    record_problem(item, out, stats, progress)
+                    continue
+                running[pool.submit(scorer.score, item)] = item
+                if len(running) >= window:
+                    settle(block=True)
+            if running:
+                settle(block=False)
+        finally:
+            # Also on Ctrl-C: the rows finished so far become a part, so a rerun does not redo them.
+            out.close()
     return stats
