@@ -85,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # not a folder, not writable
         print(f"mer-score: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 2
-    total = count_tracks(args.inputs)
-    progress, close_bar = _progress_bar(
-        total if args.limit is None else min(total, args.limit), disabled=args.no_progress
-    )
+    # The counting pass reads the whole input once more: only for a bar that shows an ETA.
+    total = None if args.no_progress else count_tracks(args.inputs)
+    if total is not None and args.limit is not None:
+        total = min(total, args.limit)
+    progress, close_bar = _progress_bar(total, disabled=args.no_progress)
     try:
         stats = _run(args, settings, limits, out, progress)
     except ServiceError as exc:  # the model: missing, not loadable, a contract this code cannot honour
@@ -130,7 +131,9 @@ def _run(
     )
 
 
-def _progress_bar(total: int, *, disabled: bool) -> tuple[Callable[[int, float], None], Callable[[], None]]:
+def _progress_bar(
+    total: int | None, *, disabled: bool
+) -> tuple[Callable[[int, float], None], Callable[[], None]]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="track", disable=disabled, dynamic_ncols=True, smoothing=0.1)

@@ -5,7 +5,8 @@ Stages (``ray.data``):
 1. the driver streams the input (skipping ids already written, as the local engine does) in chunks of
    ``chunk`` tracks, each chunk a small dataset of (id, path, offset, duration);
 2. **decode + extract** in an actor pool of CPU workers (``extract_actors``, one CPU each; an actor
-   holds one openSMILE extractor, built once), features passed on as ``.npy`` bytes;
+   holds one openSMILE extractor for the model's contract, built once, and no model), features
+   passed on as ``.npy`` bytes;
 3. **predict** in a second actor pool (``predict_actors``): the predictor is loaded once per actor
    from the model's bytes (shipped once through the object store, so nodes need no copy of the file),
    on CUDA when the actor is given a GPU (``gpus_per_actor``), else on the provider setting, with no
@@ -36,8 +37,9 @@ import numpy as np
 
 from app.batch.local import JobStats, pending, record_problem
 from app.batch.output import OutputFolder
-from app.batch.scoring import Failure, Limits, Scorer, failure
+from app.batch.scoring import Failure, Limits, Scorer, TrackExtractor, failure
 from app.batch.tracks import InputProblem, Item, Track
+from app.core.contract import ModelContract
 from app.core.predictor import Predictor, ProviderChoice
 
 __all__ = ["RayOptions", "run_ray"]
@@ -67,10 +69,10 @@ class RayOptions:
 
 
 class _Extract:
-    """Stage 2: decode and extract, one openSMILE extractor per actor."""
+    """Stage 2: decode and extract, one openSMILE extractor per actor (no model: only its contract)."""
 
-    def __init__(self, model_bytes: bytes, limits: Limits) -> None:
-        self.scorer = _scorer(model_bytes, limits, providers="cpu")
+    def __init__(self, contract: ModelContract, limits: Limits) -> None:
+        self.scorer = TrackExtractor(contract, limits)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list[Any]] = {k: [] for k in ("features", "gain_db", "analysed_s", *_ERROR_KEYS)}
@@ -145,7 +147,7 @@ def run_ray(
     import ray
 
     # Fail on the driver, before a cluster is touched, if the model is unusable.
-    Predictor.load(model_path, providers="cpu", intra_op_threads=1, warmup=False)
+    contract = Predictor.load(model_path, providers="cpu", intra_op_threads=1, warmup=False).contract
     model_bytes = model_path.read_bytes()
     stats = JobStats()
     started_here = not ray.is_initialized()
@@ -171,7 +173,7 @@ def run_ray(
                 ray.data.from_items(tracks, override_num_blocks=min(len(tracks), 4 * extract_actors))
                 .map_batches(
                     _Extract,
-                    fn_constructor_args=(model_bytes, limits),
+                    fn_constructor_args=(contract, limits),
                     batch_size=1,
                     num_cpus=1,
                     compute=ray.data.ActorPoolStrategy(size=extract_actors),

@@ -17,13 +17,14 @@ import numpy as np
 
 from app.batch.tracks import Track
 from app.core.audio import decode
+from app.core.contract import ModelContract
 from app.core.emotion import summarise
 from app.core.errors import InvalidRequestError, NotFoundError, ServiceError
 from app.core.features import FeatureExtractor
 from app.core.predictor import Predictor
 from app.core.types import FloatArray
 
-__all__ = ["Failure", "Limits", "Scored", "Scorer", "failure"]
+__all__ = ["Failure", "Limits", "Scored", "Scorer", "TrackExtractor", "failure"]
 
 
 @dataclass(frozen=True)
@@ -107,24 +108,21 @@ def failure(track_id: str, path: str, exc: Exception) -> Failure:
     return Failure(track_id, path, 500, "internal", f"{type(exc).__name__}: {exc}")
 
 
-class Scorer:
-    """Score tracks with one model; thread-safe (openSMILE, libsndfile, soxr, ONNX Runtime are).
+class TrackExtractor:
+    """Decode and extract tracks for one model contract, within the limits (no model needed).
 
     Args:
-        predictor: The loaded model.
+        contract: The model's contract (its feature configuration is what is extracted).
         limits: Per-track bounds.
 
-    Example:
-        >>> scorer = Scorer(Predictor.load("models/default.onnx", intra_op_threads=1), limits)
-        >>> scorer.score(Track(id="a", path="song.mp3")).emotion.shape
-        (360, 2)
+    Raises:
+        ContractError: If this build cannot compute the contract's features.
     """
 
-    def __init__(self, predictor: Predictor, limits: Limits) -> None:
-        self.predictor = predictor
+    def __init__(self, contract: ModelContract, limits: Limits) -> None:
         self.limits = limits
-        self.extractor = FeatureExtractor(predictor.contract.features)
-        self.extractor.check_contract(predictor.contract)
+        self.extractor = FeatureExtractor(contract.features)
+        self.extractor.check_contract(contract)
         self.config = self.extractor.config
 
     def extract(self, track: Track) -> tuple[FloatArray, float, float]:
@@ -147,6 +145,24 @@ class Scorer:
         )
         features = self.extractor.extract(signal)
         return features.values, features.gain_db, signal.size / self.config.sample_rate
+
+
+class Scorer(TrackExtractor):
+    """Score tracks with one model; thread-safe (openSMILE, libsndfile, soxr, ONNX Runtime are).
+
+    Args:
+        predictor: The loaded model.
+        limits: Per-track bounds.
+
+    Example:
+        >>> scorer = Scorer(Predictor.load("models/default.onnx", intra_op_threads=1), limits)
+        >>> scorer.score(Track(id="a", path="song.mp3")).emotion.shape
+        (360, 2)
+    """
+
+    def __init__(self, predictor: Predictor, limits: Limits) -> None:
+        super().__init__(predictor.contract, limits)
+        self.predictor = predictor
 
     def finish(self, track: Track, features: FloatArray, gain_db: float, analysed_s: float) -> Scored:
         """Predict extracted features (the second half of :meth:`score`)."""
