@@ -62,6 +62,18 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="input level normalisation of the feature path (default gated-rms; see README)",
     )
     p.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=0,
+        help="extract clips longer than this many frames in chunks (0: one openSMILE pass; see README)",
+    )
+    p.add_argument(
+        "--chunk-preroll-frames",
+        type=int,
+        default=0,
+        help="windows of audio before each chunk its openSMILE pass also sees (with --chunk-frames)",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],
@@ -77,6 +89,8 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
         rate=args.rate,
         cache=args.cache,
         level_policy=args.level_policy,
+        chunk_frames=args.chunk_frames,
+        chunk_preroll_frames=args.chunk_preroll_frames,
         workers=args.workers,
         options=_parse_options(args.option),
     )

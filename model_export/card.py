@@ -183,6 +183,8 @@ def build_card(
             "frame_policy": features.frame_policy,
             "level_policy": features.level_policy,
             "target_level_dbfs": features.target_level_dbfs,
+            "chunk_frames": features.chunk_frames,
+            "chunk_preroll_frames": features.chunk_preroll_frames,
             "transform": contract.feature_transform,
             "clip_z": contract.clip_z,
             "opensmile_version": contract.opensmile_version,
@@ -283,6 +285,15 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"- Input level: `{feats['level_policy']}` to {feats['target_level_dbfs']} dBFS per clip; "
         f"features compressed with `{feats['transform']}`, standardised with the training statistics and "
         f"clipped to ±{feats['clip_z']}.",
+        *(
+            [
+                f"- Clips longer than {feats['chunk_frames']} frames are extracted in chunks of at most "
+                f"{feats['chunk_frames']} frames with {feats['chunk_preroll_frames']} frames of pre-roll "
+                "(in parallel where the service has cores; training used the same chunks)."
+            ]
+            if feats.get("chunk_frames")
+            else []
+        ),
         "",
         "## Training data",
         "",

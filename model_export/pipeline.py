@@ -59,6 +59,8 @@ class DataSpec:
         rate: Analysis sample rate in Hz.
         cache: Cache folder for features (and renders).
         level_policy: Input level normalisation of the feature path.
+        chunk_frames: Chunk length of the feature path in frames (0: one openSMILE pass per clip).
+        chunk_preroll_frames: Pre-roll of each chunk in frames.
         workers: Parallel extraction threads (``None``: one per core).
         options: Recipe-specific keyword options.
     """
@@ -68,8 +70,19 @@ class DataSpec:
     rate: int = 16_000
     cache: Path = REPO / "cache"
     level_policy: str = "gated-rms"
+    chunk_frames: int = 0
+    chunk_preroll_frames: int = 0
     workers: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def feature_config(self) -> FeatureConfig:
+        """The feature path's configuration these settings ask for (validated by the extractor)."""
+        return FeatureConfig(
+            sample_rate=self.rate,
+            level_policy=self.level_policy,
+            chunk_frames=self.chunk_frames,
+            chunk_preroll_frames=self.chunk_preroll_frames,
+        )
 
     def recipe_options(self) -> dict[str, Any]:
         """The recipe's keyword options, with VGMIDI's renders under the cache folder by default."""
@@ -99,7 +112,7 @@ def load_data(spec: DataSpec) -> LoadedData:
         sum(c.num_frames for c in clips),
         time.perf_counter() - t0,
     )
-    extractor = FeatureExtractor(FeatureConfig(sample_rate=spec.rate, level_policy=spec.level_policy))
+    extractor = FeatureExtractor(spec.feature_config())
     cache = FeatureCache(spec.cache / "features", extractor)
     t0 = time.perf_counter()
     feats = cache.load_all(clips, workers=spec.workers)

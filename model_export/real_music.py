@@ -27,6 +27,7 @@ import soundfile as sf
 from app.core.audio import decode
 from app.core.features import FeatureExtractor
 from app.core.predictor import Predictor
+from app.core.types import FloatArray
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,14 @@ def _track_number(path: Path) -> int:
     return int(digits) if digits else 0
 
 
+def load_track(track: Track, rate: int) -> FloatArray:
+    """The track as the service would decode it, its stems (if several) mixed: mono float32 at ``rate``."""
+    stems = [decode(f, rate) for f in track.files]
+    n = min(s.size for s in stems)
+    mixed: FloatArray = np.sum([s[:n] for s in stems], axis=0, dtype=np.float32)
+    return mixed
+
+
 def analyse(
     tracks: Sequence[Track], predictor: Predictor, extractor: FeatureExtractor
 ) -> list[dict[str, Any]]:
@@ -90,9 +99,8 @@ def analyse(
     rate = extractor.config.sample_rate
     rows = []
     for track in tracks:
-        stems = [decode(f, rate) for f in track.files]
-        n = min(s.size for s in stems)
-        signal = np.sum([s[:n] for s in stems], axis=0, dtype=np.float32)
+        signal = load_track(track, rate)
+        n = signal.size
         feats = extractor.extract(signal)
         y = predictor.predict(feats.values)
         a, v = y[:, 0], y[:, 1]

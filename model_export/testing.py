@@ -152,13 +152,19 @@ def write_checkpoint(
 
 
 def export_tiny_model(
-    directory: Path, *, real_names: bool = True, name: str = "tiny", version: str = "0.0.1"
+    directory: Path,
+    *,
+    real_names: bool = True,
+    name: str = "tiny",
+    version: str = "0.0.1",
+    features: FeatureConfig | None = None,
 ) -> Path:
     """Export a tiny untrained model (hidden 4, the real 6373-wide input) to ``directory/<name>.onnx``.
 
     With ``real_names`` its contract names this build's feature-name hash and openSMILE version, so
-    the service accepts it; without, the service refuses it (features it cannot compute). Runs torch
-    on one thread: with more, each time step's small ops wait for descheduled threads on a busy box.
+    the service accepts it; without, the service refuses it (features it cannot compute). ``features``
+    replaces the contract's feature configuration (e.g. a chunked one). Runs torch on one thread:
+    with more, each time step's small ops wait for descheduled threads on a busy box.
     """
     import torch
 
@@ -166,6 +172,8 @@ def export_tiny_model(
     from model_export.export import export_checkpoint
 
     contract = make_contract()
+    if features is not None:
+        contract = dc_replace(contract, features=features)
     if real_names:
         fx = FeatureExtractor(contract.features)
         contract = dc_replace(

@@ -203,6 +203,96 @@ def test_a_call_cancelled_before_it_started_frees_its_place() -> None:
     asyncio.run(main())
 
 
+def test_chunks_of_one_call_spread_over_the_pool_and_come_back_in_order() -> None:
+    async def main() -> None:
+        pool = WorkerPool(workers=3, max_queue=4)
+        threads: set[str] = set()
+
+        def chunk(i: int) -> int:
+            threads.add(threading.current_thread().name)
+            time.sleep(0.02)
+            return i * i
+
+        def call() -> list[int]:
+            return pool.chunk_runner().map(chunk, 12)
+
+        assert await pool.run(call) == [i * i for i in range(12)]
+        assert len(threads) == 3  # the caller's thread and two helpers
+        assert await pool.run(lambda: pool.chunk_runner().map(chunk, 0)) == []
+        assert (pool.waiting, pool.busy) == (0, 0)
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_long_chunked_call_does_not_starve_a_short_request() -> None:
+    """Helpers run one chunk and queue again at the back, so a request arriving later runs between chunks."""
+
+    async def main() -> None:
+        pool = WorkerPool(workers=2, max_queue=4)
+        events: list[str] = []
+        started = threading.Event()
+
+        def chunk(i: int) -> None:
+            started.set()
+            time.sleep(0.05)
+            events.append(f"chunk{i}")
+
+        long_call = asyncio.ensure_future(pool.run(lambda: pool.chunk_runner().map(chunk, 20)))
+        await asyncio.to_thread(started.wait, 10)
+        await pool.run(lambda: events.append("short"))
+        await long_call
+        # 20 chunks of 50 ms on 2 threads take ~0.5 s; the short request ran within a chunk or two.
+        assert events.index("short") <= 4, events
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_an_error_in_one_chunk_is_raised_after_the_started_chunks_end() -> None:
+    async def main() -> None:
+        pool = WorkerPool(workers=2, max_queue=4)
+        ended: list[int] = []
+
+        def chunk(i: int) -> int:
+            if i == 3:
+                raise ValueError("chunk 3 failed")
+            time.sleep(0.01)
+            ended.append(i)
+            return i
+
+        with pytest.raises(ValueError, match="chunk 3 failed"):
+            await pool.run(lambda: pool.chunk_runner().map(chunk, 50))
+        assert len(ended) < 49  # the chunks after the failure were not run
+        assert await pool.run(lambda: pool.chunk_runner().map(lambda i: i, 3)) == [0, 1, 2]
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_chunks_still_run_when_the_pool_is_shutting_down() -> None:
+    """A call already running finishes its chunks on its own thread once no helper can be queued."""
+
+    async def main() -> None:
+        pool = WorkerPool(workers=2, max_queue=4)
+        gate = threading.Event()
+
+        def call() -> list[int]:
+            assert gate.wait(10)
+            return pool.chunk_runner().map(lambda i: i + 1, 5)
+
+        running = asyncio.ensure_future(pool.run(call))
+        while pool.busy == 0:
+            await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(pool.shutdown())
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await running == [1, 2, 3, 4, 5]
+        await closing
+
+    asyncio.run(main())
+
+
 # --- through HTTP ---------------------------------------------------------------------------------------
 
 

@@ -63,3 +63,20 @@ def test_serve_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
     assert re.search(
         r"features-npy at concurrency 2: batching on vs off \(MER_MAX_BATCH=1\) [\d.]+x", result.stdout
     )
+
+
+def test_long_song_benchmark_runs_every_part(tmp_path: Path) -> None:
+    from app.core.contract import FeatureConfig
+    from model_export.testing import export_tiny_model
+
+    model = export_tiny_model(tmp_path, features=FeatureConfig(chunk_frames=20, chunk_preroll_frames=4))
+    cmd = [sys.executable, str(REPO / "bench" / "long_song.py"), "--model", str(model), "--synthetic"]
+    cmd += ["--song-s", "25", "--long-s", "40", "--grid", "20:0", "20:4", "--repeats", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    out = result.stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 20 |")]
+    assert len(rows) == 2  # one deviation row per grid entry
+    assert re.search(r"2 threads vs one pass: [\d.]+x faster", out)
+    assert re.search(r"1 worker [\d.]+ s, 2 workers [\d.]+ s: [\d.]+x faster", out)
+    assert re.search(r"beside a 40 s song [\d.]+ s", out)
+    assert re.search(r"memory, 40 s song .* idle \d+ MiB, peak \d+ MiB \(\+\d+\)", out)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -9,7 +12,10 @@ import pytest
 from app.core.contract import FeatureConfig, ModelContract, transform_features
 from app.core.errors import AudioTooShortError, ContractError, CorruptAudioError
 from app.core.features import (
+    Chunk,
     FeatureExtractor,
+    SequentialRunner,
+    chunk_layout,
     gated_level_dbfs,
     level_gain_db,
     names_sha256,
@@ -216,3 +222,82 @@ def test_check_contract_refuses_what_it_cannot_honour(
 ) -> None:
     with pytest.raises(ContractError, match=match):
         extractor16k.check_contract(replace(_contract(extractor16k), **change))  # type: ignore[arg-type]
+
+
+# --- chunked extraction ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frames", [1, 59, 60, 61, 119, 120, 121, 361, 1200, 7201])
+def test_chunk_layout_covers_the_clip_in_nearly_equal_chunks(frames: int) -> None:
+    cfg = FeatureConfig(chunk_frames=60, chunk_preroll_frames=4)
+    chunks = chunk_layout(frames, cfg)
+    assert len(chunks) == math.ceil(frames / 60)
+    assert chunks[0].first == 0
+    assert chunks[0].preroll == 0
+    assert sum(c.count for c in chunks) == frames
+    assert all(b.first == a.first + a.count for a, b in itertools.pairwise(chunks))
+    counts = [c.count for c in chunks]
+    assert max(counts) <= 60
+    assert max(counts) - min(counts) <= 1
+    assert all(c.preroll == min(4, c.first) for c in chunks)
+    assert [c.postroll for c in chunks] == [1] * (len(chunks) - 1) + [0]
+
+
+def test_unchunked_configs_are_one_pass_and_keep_their_key() -> None:
+    assert chunk_layout(7200, FeatureConfig()) == [Chunk(0, 7200, 0, 0)]
+    assert chunk_layout(0, FeatureConfig(chunk_frames=60)) == []
+    # Off by default: the dict (cache keys, model metadata) is the one from before chunking existed.
+    assert "chunk_frames" not in FeatureConfig().as_dict()
+    chunked = FeatureConfig(chunk_frames=60, chunk_preroll_frames=4)
+    assert chunked.as_dict()["chunk_frames"] == 60
+    assert len({FeatureConfig().key(), chunked.key(), replace(chunked, chunk_preroll_frames=2).key()}) == 3
+
+
+@pytest.mark.parametrize(
+    ("chunk", "preroll", "message"),
+    [(5, 0, "must be 0 .off. or >= 10"), (-1, 0, ">= 0"), (60, 61, "must not exceed"), (True, 0, "integers")],
+)
+def test_bad_chunk_settings_are_refused(chunk: int, preroll: int, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        FeatureExtractor(FeatureConfig(chunk_frames=chunk, chunk_preroll_frames=preroll))
+
+
+@pytest.fixture(scope="module")
+def chunked16k() -> FeatureExtractor:
+    return FeatureExtractor(FeatureConfig(sample_rate=SR, chunk_frames=20, chunk_preroll_frames=4))
+
+
+def test_chunked_features_do_not_depend_on_the_number_of_threads(
+    chunked16k: FeatureExtractor, music16k: np.ndarray
+) -> None:
+    from app.serving.pool import PoolChunkRunner
+
+    reference = chunked16k.extract(music16k).values  # 90 frames: 5 chunks, one after another
+    assert len(chunk_layout(reference.shape[0], chunked16k.config)) == 5
+    assert np.array_equal(chunked16k.extract(music16k, runner=SequentialRunner()).values, reference)
+    for workers in (1, 2, 4):
+        with ThreadPoolExecutor(workers) as pool:
+            runner = PoolChunkRunner(pool, workers - 1, contextlib.nullcontext)
+            assert np.array_equal(chunked16k.extract(music16k, runner=runner).values, reference)
+
+
+def test_chunks_give_one_pass_features_up_to_the_documented_deviation(
+    extractor16k: FeatureExtractor, chunked16k: FeatureExtractor, music16k: np.ndarray
+) -> None:
+    whole = extractor16k.extract(music16k)
+    cut = chunked16k.extract(music16k)
+    assert cut.gain_db == whole.gain_db  # one gain for the whole clip, before the cut
+    # The first chunk never sees a cut: bit-identical (its post-roll gives it the whole look-ahead).
+    first = chunk_layout(whole.num_frames, chunked16k.config)[0].count
+    assert first == 18
+    assert np.array_equal(cut.values[:first], whole.values[:first])
+    assert not np.array_equal(cut.values[first:], whole.values[first:])
+    # Standardised by the statistics of the clip itself (the shipped model's are tested in
+    # test_default_model): most features agree to float noise; a few voicing/pitch descriptors with
+    # memory beyond the pre-roll differ (docs/performance.md, "Chunked extraction").
+    ref = transform_features(whole.values.astype(np.float64), "signed_log1p")
+    got = transform_features(cut.values.astype(np.float64), "signed_log1p")
+    scale = ref.std(axis=0) + 1e-3 * (np.abs(ref).mean(axis=0) + 1e-12)
+    dz = np.abs(got - ref) / scale
+    assert np.median(dz) < 1e-4
+    assert np.mean(dz > 0.1) < 0.01

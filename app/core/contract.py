@@ -67,6 +67,9 @@ SUPPORTED_WINDOWS_S = (WINDOW_S,)
 LEVEL_POLICIES = ("none", "gated-rms")
 #: Range of accepted target levels for ``gated-rms``, in dBFS.
 TARGET_LEVEL_RANGE_DBFS = (-60.0, -3.0)
+#: Shortest chunk (in frames) a chunked configuration may use: shorter ones cost more in pre-roll than
+#: they win in parallelism.
+MIN_CHUNK_FRAMES = 10
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 
@@ -84,6 +87,12 @@ class FeatureConfig:
         frame_policy: Name of the frame policy (see :data:`FRAME_POLICY`).
         level_policy: Input level normalisation (:data:`LEVEL_POLICIES`).
         target_level_dbfs: Gated RMS level, in dBFS, ``gated-rms`` scales each clip to.
+        chunk_frames: 0: every clip is one openSMILE pass. Otherwise a clip of more than this many
+            frames is cut, at window boundaries, into ``ceil(T / chunk_frames)`` chunks of (nearly)
+            equal length, each extracted on its own (in parallel where a runner allows): the
+            layout depends only on ``T`` (see ``app.core.features.chunk_layout``).
+        chunk_preroll_frames: Whole windows of the audio before a chunk that its openSMILE pass also
+            sees, and whose frames it drops, so the chunk's first descriptors have their context.
     """
 
     sample_rate: int = 16_000
@@ -94,6 +103,8 @@ class FeatureConfig:
     frame_policy: str = FRAME_POLICY
     level_policy: str = "gated-rms"
     target_level_dbfs: float = -23.0
+    chunk_frames: int = 0
+    chunk_preroll_frames: int = 0
 
     def validate(self) -> None:
         """Raise :class:`ContractError` if this build cannot compute these features."""
@@ -106,9 +117,25 @@ class FeatureConfig:
         """Samples per frame at the analysis rate."""
         return round(self.window_s * self.sample_rate)
 
+    @property
+    def chunked(self) -> bool:
+        """Whether long clips are extracted in chunks (:attr:`chunk_frames` > 0)."""
+        return self.chunk_frames > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-able dict; the chunking fields only when chunking is on.
+
+        Unchunked configurations keep the exact dict (and so the cache keys and the metadata) they
+        had before chunking existed, and a build that does not know chunking reads their models.
+        """
+        d = asdict(self)
+        if not self.chunked:
+            del d["chunk_frames"], d["chunk_preroll_frames"]
+        return d
+
     def key(self) -> str:
         """Stable hash of these settings, e.g. for feature-cache keys."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -164,7 +191,7 @@ class ModelContract:
 
     def _scalars(self) -> dict[str, Any]:
         return {
-            "features": asdict(self.features),
+            "features": self.features.as_dict(),
             "num_features": self.num_features,
             "feature_names_sha256": self.feature_names_sha256,
             "opensmile_version": self.opensmile_version,
@@ -361,4 +388,13 @@ def _feature_config_problems(cfg: FeatureConfig) -> list[str]:
     target = cfg.target_level_dbfs
     if isinstance(target, bool) or not isinstance(target, float | int) or not low <= target <= high:
         problems.append(f"target_level_dbfs {target!r} outside [{low}, {high}]")
+    chunk, preroll = cfg.chunk_frames, cfg.chunk_preroll_frames
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (chunk, preroll)):
+        problems.append(f"chunk_frames and chunk_preroll_frames must be integers, got {chunk!r}, {preroll!r}")
+    elif chunk < 0 or preroll < 0:
+        problems.append(f"chunk_frames {chunk} and chunk_preroll_frames {preroll} must be >= 0")
+    elif chunk and chunk < MIN_CHUNK_FRAMES:
+        problems.append(f"chunk_frames {chunk} must be 0 (off) or >= {MIN_CHUNK_FRAMES}")
+    elif preroll > chunk:
+        problems.append(f"chunk_preroll_frames {preroll} must not exceed chunk_frames {chunk}")
     return problems

@@ -25,17 +25,28 @@ clip. A clip whose every block lies under -70 dBFS is left as it is, and the gai
 openSMILE computes functionals for all windows in a single run with ``frameMode = fixed``; this is
 about 2x faster than one call per window, but gives slightly different numbers (the low-level
 descriptors see their neighbours across window edges), which is why there must be only one path.
-Long signals are not split across cores: a split would change descriptors at the cut. Parallelism
-happens across clips instead (the feature cache for training, the worker pool for serving).
+
+Chunks (``FeatureConfig.chunk_frames`` > 0): one openSMILE pass uses one core, so a long song would
+take as long on 16 cores as on one. A chunked configuration cuts a clip of more than ``chunk_frames``
+frames at window boundaries into chunks whose layout depends only on the number of frames
+(:func:`chunk_layout`), never on the cores; each chunk's pass also sees ``chunk_preroll_frames``
+windows of the audio before it and one after it (their frames are dropped) plus the same look-ahead,
+and the level policy's gain is computed once over the whole clip before the cut. The chunks may run
+in parallel (a :class:`ChunkRunner`, e.g. the service's worker pool) or one after another: the result
+is the same array either way, so training, the feature cache, the batch CLI and serving agree by
+construction. What the cut changes against one pass (descriptors with memory longer than the pre-roll)
+is measured in ``bench/chunking.py`` and docs/performance.md; the setting is part of the contract.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.metadata import version as _pkg_version
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -48,12 +59,81 @@ from app.core.types import Float64Array, FloatArray
 #: Seconds of audio after the last complete window handed to openSMILE (real audio if the clip has
 #: it, zeros otherwise): the LLDs of a window's last 10 ms steps use up to 60 ms of audio past its end.
 LOOKAHEAD_S = 0.1
+#: Whole windows after a chunk (where the clip goes on) that its openSMILE pass also computes and drops:
+#: some pitch descriptors (jitter, the Viterbi-smoothed voicing) of a window's last steps look further
+#: ahead than :data:`LOOKAHEAD_S` (up to ~0.2 s, measured), so a chunk's last frame would differ without it.
+CHUNK_POSTROLL_FRAMES = 1
 _INT16_MAX = 32767 / 32768  # openSMILE casts signal * 32768 to int16; 1.0 would wrap to -32768.
 LEVEL_BLOCK_S = 0.4
 LEVEL_ABSOLUTE_GATE_DBFS = -70.0
 LEVEL_RELATIVE_GATE_DB = -10.0
 LEVEL_PEAK_CEILING_DBFS = -0.1
 LEVEL_MAX_GAIN_DB = 40.0
+
+
+_T = TypeVar("_T")
+
+
+class ChunkRunner(Protocol):
+    """Runs the chunks of one clip's extraction, possibly in parallel (e.g. on a worker pool)."""
+
+    def map(self, fn: Callable[[int], _T], count: int) -> list[_T]:
+        """Return ``[fn(0), ..., fn(count - 1)]``; the calls may run concurrently, in any order."""
+        ...
+
+
+class SequentialRunner:
+    """A :class:`ChunkRunner` that runs the chunks one after another in the calling thread."""
+
+    def map(self, fn: Callable[[int], _T], count: int) -> list[_T]:
+        """Return ``[fn(0), ..., fn(count - 1)]``, computed in order."""
+        return [fn(i) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One openSMILE pass of a chunked extraction, in frames of the whole clip.
+
+    Attributes:
+        first: First frame of the clip this chunk gives.
+        count: Frames it gives.
+        preroll: Frames before ``first`` its pass also computes and drops.
+        postroll: Frames after the chunk its pass also computes and drops.
+    """
+
+    first: int
+    count: int
+    preroll: int
+    postroll: int = 0
+
+
+def chunk_layout(frames: int, config: FeatureConfig) -> list[Chunk]:
+    """How a clip of ``frames`` frames is cut: a function of ``frames`` and the config only.
+
+    Args:
+        frames: Frames of the clip (``T``).
+        config: The feature configuration (``chunk_frames``, ``chunk_preroll_frames``).
+
+    Returns:
+        One chunk covering everything when chunking is off or ``T <= chunk_frames``; otherwise
+        ``n = ceil(T / chunk_frames)`` consecutive chunks whose lengths differ by at most one frame
+        (the longer ones first), each with ``min(chunk_preroll_frames, first)`` frames of pre-roll and
+        :data:`CHUNK_POSTROLL_FRAMES` of post-roll (none for the last chunk, which ends the clip).
+    """
+    if frames <= 0:
+        return []
+    size = config.chunk_frames
+    if size <= 0 or frames <= size:
+        return [Chunk(0, frames, 0)]
+    n = -(-frames // size)
+    base, extra = divmod(frames, n)
+    chunks, first = [], 0
+    for i in range(n):
+        count = base + (1 if i < extra else 0)
+        post = min(CHUNK_POSTROLL_FRAMES, frames - first - count)
+        chunks.append(Chunk(first, count, min(config.chunk_preroll_frames, first), post))
+        first += count
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -153,6 +233,18 @@ def level_gain_db(signal: npt.ArrayLike, config: FeatureConfig) -> float:
     return min(config.target_level_dbfs - level, peak_room, LEVEL_MAX_GAIN_DB)
 
 
+def _scaled_segment(x: FloatArray, start: int, length: int, scale: np.float32 | None) -> FloatArray:
+    """``length`` samples of ``x`` from ``start``, times the gain, clipped to int16's range, zero-padded."""
+    out = np.zeros(length, dtype=np.float32)
+    used = max(0, min(x.size - start, length))
+    if scale is not None:
+        np.multiply(x[start : start + used], scale, out=out[:used])
+        np.clip(out[:used], -1.0, _INT16_MAX, out=out[:used])
+    else:
+        np.clip(x[start : start + used], -1.0, _INT16_MAX, out=out[:used])
+    return out
+
+
 class FeatureExtractor:
     """Reusable, thread-safe extractor for one :class:`FeatureConfig`.
 
@@ -208,13 +300,16 @@ class FeatureExtractor:
         if problems:
             raise ContractError("model contract cannot be honoured: " + "; ".join(problems))
 
-    def extract(self, signal: npt.ArrayLike) -> Features:
+    def extract(self, signal: npt.ArrayLike, runner: ChunkRunner | None = None) -> Features:
         """Compute the functionals of every complete window of ``signal``.
 
-        The level policy of the configuration is applied first (one gain for the whole signal).
+        The level policy of the configuration is applied first (one gain for the whole signal), then
+        the signal is cut as :func:`chunk_layout` says (one pass when chunking is off).
 
         Args:
             signal: Mono samples in [-1, 1] at ``config.sample_rate`` (1-D).
+            runner: Runs the chunks of a chunked configuration (in parallel where it can); by
+                default they run one after another in this thread. The result does not depend on it.
 
         Returns:
             Features with ``floor(len(signal) / window_samples)`` rows.
@@ -236,23 +331,37 @@ class FeatureExtractor:
         if not np.all(np.isfinite(x)):
             raise CorruptAudioError("audio holds NaN or infinite samples")
         gain_db = level_gain_db(x, self.config)
+        scale = np.float32(10.0 ** (gain_db / 20.0)) if gain_db else None
         tail = math.ceil(LOOKAHEAD_S * self.config.sample_rate)
-        padded = np.zeros(t * win + tail, dtype=np.float32)
-        used = min(x.size, padded.size)
-        if gain_db:
-            np.multiply(x[:used], np.float32(10.0 ** (gain_db / 20.0)), out=padded[:used])
-            np.clip(padded[:used], -1.0, _INT16_MAX, out=padded[:used])
+        chunks = chunk_layout(t, self.config)
+        if len(chunks) == 1:
+            values = self._functionals(_scaled_segment(x, 0, t * win + tail, scale), t)
         else:
-            np.clip(x[:used], -1.0, _INT16_MAX, out=padded[:used])
-        values = np.asarray(self._smile(padded[None, :], self.config.sample_rate))[0].T
-        if values.shape != (t, self.num_features):
-            raise RuntimeError(
-                f"openSMILE returned {values.shape} features, frame policy expects ({t}, {self.num_features})"
-            )
-        values = np.ascontiguousarray(values, dtype=np.float32)
+            values = np.empty((t, self.num_features), dtype=np.float32)
+
+            def run_chunk(i: int) -> None:
+                c = chunks[i]
+                frames = c.preroll + c.count + c.postroll
+                # Each chunk scales its own stretch of the signal: no second copy of a long song.
+                # Post-roll and look-ahead are real audio where the clip has it, as in one pass.
+                segment = _scaled_segment(x, (c.first - c.preroll) * win, frames * win + tail, scale)
+                out = self._functionals(segment, frames)
+                values[c.first : c.first + c.count] = out[c.preroll : c.preroll + c.count]
+
+            (runner or SequentialRunner()).map(run_chunk, len(chunks))
         if not np.all(np.isfinite(values)):
             # Never hand NaN/inf to a model; clip infinities to float32's range, NaN to 0.
             big = float(np.finfo(np.float32).max)
             values = np.nan_to_num(values, nan=0.0, posinf=big, neginf=-big)
         starts = np.arange(t, dtype=np.float64) * self.config.hop_s
         return Features(values=values, starts=starts, ends=starts + self.config.window_s, gain_db=gain_db)
+
+    def _functionals(self, padded: FloatArray, frames: int) -> FloatArray:
+        """One openSMILE pass over ``frames`` windows plus their look-ahead: ``(frames, F)`` float32."""
+        values = np.asarray(self._smile(padded[None, :], self.config.sample_rate))[0].T
+        if values.shape != (frames, self.num_features):
+            raise RuntimeError(
+                f"openSMILE returned {values.shape} features, frame policy expects "
+                f"({frames}, {self.num_features})"
+            )
+        return np.ascontiguousarray(values, dtype=np.float32)

@@ -3,6 +3,10 @@
 Decoding, feature extraction and the parsing of large bodies run here, off the event loop;
 openSMILE and libsndfile release the GIL, so the threads use every core. Beyond ``max_queue`` waiting
 calls a request fails at once with :class:`~app.core.errors.OverloadedError` (503 + Retry-After).
+
+The chunks of one long clip's extraction (a chunked feature configuration) spread over the same
+threads through :meth:`WorkerPool.chunk_runner`; how that stays fair to other requests is described
+there.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from app.core.errors import OverloadedError, ShuttingDownError
 
-__all__ = ["AudioBudget", "WorkerPool"]
+__all__ = ["AudioBudget", "PoolChunkRunner", "WorkerPool"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,6 +101,20 @@ class WorkerPool:
         # wrap_future cancels the concurrent future when the awaiting task is cancelled.
         return await asyncio.wrap_future(future)
 
+    def chunk_runner(self) -> PoolChunkRunner:
+        """A runner that spreads one call's chunks over this pool's threads (see :class:`PoolChunkRunner`)."""
+        return PoolChunkRunner(self._executor, self.workers - 1, self._count_busy)
+
+    @contextlib.contextmanager
+    def _count_busy(self) -> Iterator[None]:
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
     async def shutdown(self) -> None:
         """Refuse new calls and wait for the running and queued ones to finish."""
         with self._lock:
@@ -139,3 +157,94 @@ class AudioBudget:
                 if self.held < 1e-9:
                     self.held = 0.0
                 self._cond.notify_all()
+
+
+class PoolChunkRunner:
+    """Runs the chunks of one clip on the calling worker thread plus at most ``helpers`` others.
+
+    The calling thread (itself a pool worker) takes chunks one at a time until none is left, then
+    waits only for chunks other threads have already started, so it can never wait on work stuck in
+    the queue behind it (no deadlock however busy the pool is). Each helper is a task on the pool's
+    FIFO queue that runs ONE chunk and then, if chunks remain, queues itself again at the back: a
+    request that arrived meanwhile runs before the long clip's next chunk, so a long song shares the
+    threads with short requests chunk by chunk instead of holding them for its whole length.
+
+    Args:
+        executor: The pool's executor.
+        helpers: Most tasks the clip may have on the pool at once besides its own thread.
+        busy: Context manager counting a running helper as a busy worker (metrics).
+    """
+
+    def __init__(
+        self,
+        executor: ThreadPoolExecutor,
+        helpers: int,
+        busy: Callable[[], contextlib.AbstractContextManager[Any]],
+    ) -> None:
+        self._executor = executor
+        self._helpers = max(0, helpers)
+        self._busy = busy
+
+    def map(self, fn: Callable[[int], R], count: int) -> list[R]:
+        """Return ``[fn(0), ..., fn(count - 1)]``, the calls spread over the pool.
+
+        Raises:
+            Exception: The first exception a call raised, after every started call has ended.
+        """
+        if count <= 0:
+            return []
+        results: list[Any] = [None] * count
+        lock = threading.Lock()
+        all_done = threading.Event()
+        state = {"next": 0, "done": 0}
+        errors: list[BaseException] = []
+
+        def take() -> int | None:
+            with lock:
+                if errors or state["next"] >= count:
+                    return None
+                i = state["next"]
+                state["next"] += 1
+                return i
+
+        def run(i: int) -> None:
+            try:
+                results[i] = fn(i)
+            except BaseException as exc:  # re-raised in the caller, after the others
+                with lock:
+                    errors.append(exc)
+            finally:
+                with lock:
+                    state["done"] += 1
+                    # Chunks never taken (after an error) count as done for the caller's wait.
+                    finished = state["done"] + (count - state["next"] if errors else 0) >= count
+                if finished:
+                    all_done.set()
+
+        def submit() -> bool:
+            try:
+                self._executor.submit(helper)
+            except RuntimeError:  # the executor is shutting down: the caller does the rest
+                return False
+            return True
+
+        def helper() -> None:
+            i = take()
+            if i is None:
+                return
+            with self._busy():
+                run(i)
+            with lock:
+                more = not errors and state["next"] < count
+            if more:
+                submit()
+
+        for _ in range(min(self._helpers, count - 1)):
+            if not submit():
+                break
+        while (i := take()) is not None:
+            run(i)
+        all_done.wait()
+        if errors:
+            raise errors[0]
+        return results

@@ -264,7 +264,7 @@ class EmotionService:
         seconds = signal.size / self.config.sample_rate
         with self.audio_budget.hold(seconds):
             started = time.perf_counter()
-            features = self.extractor.extract(signal)
+            features = self.extractor.extract(signal, runner=self.pool.chunk_runner())
         self.metrics.stage_seconds.labels(stage="extract").observe(time.perf_counter() - started)
         if seconds >= TRIM_AFTER_S:
             release_memory()
