@@ -126,6 +126,72 @@ def test_graph_normalises_exactly_like_the_contract(exported: Exported) -> None:
     assert np.max(np.abs(run_ort(exported.session, x) - want)) <= 1e-4
 
 
+def _previous_signed_log1p(x: torch.Tensor) -> torch.Tensor:
+    """The graph's front before 2026-12-02: Goldberg's log1p with a Where, times the sign."""
+    u = torch.abs(x)
+    w = 1.0 + u
+    return torch.sign(x) * torch.where(w == 1.0, u, torch.log(w) * (u / (w - 1.0)))
+
+
+def _previous_context(alpha: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """The attention context before 2026-12-02: one multiply-add per offset."""
+    w = alpha.shape[-1]
+    context = alpha[..., 0:1] * states[:, w - 1 : -1]
+    for d in range(2, w + 1):
+        context = context + alpha[..., d - 1 : d] * states[:, w - d : -d]
+    return context
+
+
+class _PreviousNormaliser(torch.nn.Module):
+    def __init__(self, contract: ModelContract) -> None:
+        super().__init__()
+        self.mean = torch.from_numpy(contract.norm_mean.copy())
+        self.std = torch.from_numpy(contract.norm_std.copy())
+        self.clip_z = contract.clip_z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((_previous_signed_log1p(x) - self.mean) / self.std, -self.clip_z, self.clip_z)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "LSTM_AT_400"])
+def test_the_faster_graph_equals_the_previous_one(
+    preset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fewer-pass normaliser and the banded attention context change outputs by <= 1e-5 (ORT vs ORT)."""
+    import model_export.export as export_module
+    import model_export.model as model_module
+
+    ckpt = tmp_path / "m.pt"
+    overrides: dict[str, Any] | None = None if preset == "tiny" else {}
+    _, contract = write_checkpoint(ckpt, overrides=overrides)
+    export_checkpoint(ckpt, tmp_path / "new.onnx", model_name="m", model_version="1")
+    new = ort_session(tmp_path / "new.onnx")
+    monkeypatch.setattr(model_module, "_banded_context", _previous_context)
+    monkeypatch.setattr(
+        export_module, "Normaliser", lambda mean, std, transform, clip_z: _PreviousNormaliser(contract)
+    )
+    export_checkpoint(ckpt, tmp_path / "old.onnx", model_name="m", model_version="1")
+    old = ort_session(tmp_path / "old.onnx")
+
+    def ops(name: str) -> list[str]:
+        return [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node]
+
+    # The context is one MatMul, not a multiply-add per window offset; the front has no Sign, one Where
+    # (the masked scores') and no division by the std.
+    def mul_add(name: str) -> int:
+        return ops(name).count("Mul") + ops(name).count("Add")
+
+    assert mul_add("new.onnx") < (0.5 if preset == "LSTM_AT_400" else 1.0) * mul_add("old.onnx")
+    assert ops("new.onnx").count("Where") == 1
+    assert "Sign" not in ops("new.onnx")
+    assert ops("new.onnx").count("Div") == ops("old.onnx").count("Div") - 1
+    rng = np.random.default_rng(3)
+    for frames in (1, 7, 61, 300):
+        x = sample_raw_features(contract, 2, frames, rng)
+        x[0, :, :40] = rng.choice([0.0, 1e-12, 3e-9, -2e-8, 1e-6, -5e-4, 1e10, -3e12], size=(frames, 40))
+        assert np.max(np.abs(run_ort(new, x) - run_ort(old, x))) <= 1e-5, frames
+
+
 def test_extreme_raw_values_give_finite_outputs_in_range(exported: Exported) -> None:
     t = 20
     big = np.float32(np.finfo(np.float32).max)

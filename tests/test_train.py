@@ -163,26 +163,27 @@ def test_bucketed_batches_pad_far_less_than_random_ones() -> None:
         make_batches(lengths, 10, np.random.default_rng(0), "sorted")
 
 
-def test_log1p_is_accurate_for_tiny_and_huge_values_in_torch_and_onnx(tmp_path: Path) -> None:
+def test_signed_log1p_is_accurate_for_tiny_and_huge_values_in_torch_and_onnx(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from model_export.normaliser import _log1p
+    from model_export.normaliser import _signed_log1p
 
-    u = np.concatenate([[0.0], np.logspace(-12, 38, 400)]).astype(np.float32)
-    want = np.log1p(u.astype(np.float64))
-    got = _log1p(torch.from_numpy(u)).numpy()
+    u = np.concatenate([[0.0], np.logspace(-12, 38, 400)])
+    x = np.concatenate([u, -u[1:]]).astype(np.float32)
+    want = np.sign(x) * np.log1p(np.abs(x.astype(np.float64)))
+    got = _signed_log1p(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=2e-7 * 4, atol=0)
 
     class Front(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return _log1p(x)
+            return _signed_log1p(x)
 
     path = tmp_path / "log1p.onnx"
-    torch.onnx.export(Front(), (torch.from_numpy(u),), str(path), dynamo=False, input_names=["u"])
+    torch.onnx.export(Front(), (torch.from_numpy(x),), str(path), dynamo=False, input_names=["x"])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {"u": u})
+    (onnx_out,) = session.run(None, {"x": x})
     # Plain Log(1 + u) would give 0 for u < 6e-8: a relative error of 1.
     np.testing.assert_allclose(onnx_out, want, rtol=2e-7 * 4, atol=0)
 

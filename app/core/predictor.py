@@ -209,6 +209,9 @@ class Predictor:
         arrays = [self.validate(clip, index=i) for i, clip in enumerate(clips)]
         if not arrays:
             return []
+        if len(arrays) == 1:
+            # No padded copy for a batch of one (a 10-minute song's features are 30 MB).
+            return [self._run(arrays[0][np.newaxis])[0].copy()]
         longest = max(a.shape[0] for a in arrays)
         batch = np.zeros((len(arrays), longest, self.num_features), dtype=np.float32)
         for i, a in enumerate(arrays):
