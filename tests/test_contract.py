@@ -156,6 +156,20 @@ def test_every_problem_is_listed_at_once() -> None:
     assert err.value.status_code == 500
 
 
+def test_a_chunked_feature_config_round_trips_and_unchunked_metadata_is_unchanged() -> None:
+    chunked = make_contract(
+        features=FeatureConfig(sample_rate=16_000, chunk_frames=60, chunk_preroll_frames=4)
+    )
+    meta = chunked.to_metadata()
+    assert json.loads(meta[METADATA_PREFIX + "features"])["chunk_frames"] == 60
+    assert ModelContract.from_metadata(meta) == chunked
+    # One pass: the features entry has exactly the fields it had before chunking existed, so builds
+    # that do not know chunking still read such models; they refuse chunked ones (unknown fields).
+    plain = json.loads(make_contract().to_metadata()[METADATA_PREFIX + "features"])
+    assert "chunk_frames" not in plain
+    assert "chunk_preroll_frames" not in plain
+
+
 def test_feature_key_changes_with_every_field() -> None:
     base = FeatureConfig()
     keys = {
