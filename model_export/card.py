@@ -288,8 +288,10 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         *(
             [
                 f"- Clips longer than {feats['chunk_frames']} frames are extracted in chunks of at most "
-                f"{feats['chunk_frames']} frames with {feats['chunk_preroll_frames']} frames of pre-roll "
-                "(in parallel where the service has cores; training used the same chunks)."
+                f"{feats['chunk_frames']} frames with {feats['chunk_preroll_frames']} frames of pre-roll, "
+                "in parallel where the service has cores. The model was trained on such features; the "
+                "cross-validation reports below were computed on one-pass features (their deviation is "
+                'measured in docs/performance.md, "Long songs").'
             ]
             if feats.get("chunk_frames")
             else []
