@@ -59,7 +59,8 @@ def model_flops(config: ModelConfig, frames: int) -> float:
     return flops
 
 
-def _median_seconds(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, seconds."""
     for _ in range(warmup):
         fn()
     times = []
@@ -119,10 +120,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         def run_matmul(a: Any = a, w: Any = w, out: Any = out) -> object:
             return np.matmul(a, w, out=out)
 
-        t_ort = _median_seconds(run_ort, args.warmup, args.repeats)
-        t_torch = _median_seconds(run_torch, args.warmup, args.repeats)
-        t_mm = _median_seconds(run_matmul, args.warmup, args.repeats)
-        t_shipped = _median_seconds(lambda: run_ort(shipped), args.warmup, args.repeats) if shipped else None
+        t_ort = median_seconds(run_ort, args.repeats, args.warmup)
+        t_torch = median_seconds(run_torch, args.repeats, args.warmup)
+        t_mm = median_seconds(run_matmul, args.repeats, args.warmup)
+        t_shipped = median_seconds(lambda: run_ort(shipped), args.repeats, args.warmup) if shipped else None
         flops = model_flops(model_cfg, args.frames) * batch
         mm_flops = 2.0 * a.shape[0] * f * hidden4
         rows.append(

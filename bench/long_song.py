@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -50,20 +50,12 @@ from app.core.contract import FeatureConfig  # noqa: E402
 from app.core.features import FeatureExtractor, chunk_layout  # noqa: E402
 from app.core.predictor import Predictor  # noqa: E402
 from app.serving.pool import PoolChunkRunner  # noqa: E402
+from bench.infer import median_seconds  # noqa: E402
 from model_export.real_music import fetch, find_tracks, load_track  # noqa: E402
 from model_export.testing import encode, synth_music  # noqa: E402
 
 SONG_S = 180.0
 LONG_S = 600.0
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(statistics.median(times))
 
 
 def deviation(
