@@ -1,4 +1,4 @@
-"""ComParE_2016 functionals per non-overlapping 500 ms window, in one openSMILE pass.
+"""ComParE_2016 functionals per non-overlapping 500 ms window, in one openSMILE pass (or one per chunk).
 
 This module is THE feature path: training (``model_export``) and serving call the same
 :meth:`FeatureExtractor.extract`, so a model never sees features computed differently from the ones
@@ -10,7 +10,9 @@ partial window is dropped (0.5 s → 1 frame, 30.0 s → 60, 30.06 s → 60, 30.
 shorter than one window is an error, never a row of NaN. openSMILE's low-level descriptors of the last
 10 ms steps of a window reach up to 60 ms past its end; the audio after the last complete window is
 used for that where it exists, and zeros fill in where it does not (so the last frame of a clip that
-ends exactly on a boundary is computed with silence as that tiny look-ahead).
+ends exactly on a boundary is computed with silence as that tiny look-ahead). Jitter and the
+Viterbi-smoothed voicing look further, up to ~0.2 s (measured), so those few descriptors of a clip's
+last frame can differ from the same frame of a longer excerpt.
 
 Input level (``level_policy = "gated-rms"``): before openSMILE, each clip is scaled so that its gated
 RMS level (0.4 s blocks; blocks under -70 dBFS, and then those 10 dB under the mean of the rest, are
