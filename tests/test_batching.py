@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from app.core.audio import decode
-from app.core.errors import InvalidFeaturesError, OverloadedError, PayloadTooLargeError, ShuttingDownError
+from app.core.errors import (
+    InvalidFeaturesError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
 from app.core.features import FeatureExtractor
 from app.core.predictor import Predictor
 from app.serving.batcher import DynamicBatcher
@@ -264,6 +270,39 @@ def test_an_error_in_one_chunk_is_raised_after_the_started_chunks_end() -> None:
         with pytest.raises(ValueError, match="chunk 3 failed"):
             await pool.run(lambda: pool.chunk_runner().map(chunk, 50))
         assert len(ended) < 49  # the chunks after the failure were not run
+        assert await pool.run(lambda: pool.chunk_runner().map(lambda i: i, 3)) == [0, 1, 2]
+        await pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_an_abandoned_call_stops_handing_out_chunks() -> None:
+    """A timed-out request's long song frees the pool within a chunk instead of running to its end."""
+
+    async def main() -> None:
+        pool = WorkerPool(workers=2, max_queue=4)
+        ran: list[int] = []
+        outcome: list[BaseException] = []
+
+        def chunk(i: int) -> None:
+            time.sleep(0.02)
+            ran.append(i)
+
+        def call() -> None:
+            try:
+                pool.chunk_runner().map(chunk, 200)  # 4 s of chunks on one thread
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.run(call), timeout=0.2)
+        deadline = time.monotonic() + 5
+        while (pool.busy or not outcome) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert pool.busy == 0
+        assert len(ran) < 60  # stopped within a chunk or two of the timeout, far from all 200
+        assert isinstance(outcome[0], RequestTimeoutError)
         assert await pool.run(lambda: pool.chunk_runner().map(lambda i: i, 3)) == [0, 1, 2]
         await pool.shutdown()
 

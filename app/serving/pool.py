@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
-from app.core.errors import OverloadedError, ShuttingDownError
+from app.core.errors import OverloadedError, RequestTimeoutError, ShuttingDownError
 
 __all__ = ["AudioBudget", "PoolChunkRunner", "WorkerPool"]
 
@@ -47,6 +47,8 @@ class WorkerPool:
         self.max_queue = max_queue
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mer-worker")
         self._lock = threading.Lock()
+        # The abandonment flag of the call a worker thread is running (read by chunk_runner()).
+        self._current = threading.local()
         self._waiting = 0
         self._busy = 0
         self._closing = False
@@ -81,13 +83,17 @@ class WorkerPool:
                 )
             self._waiting += 1
 
+        abandoned = threading.Event()
+
         def call() -> R:
             with self._lock:
                 self._waiting -= 1
                 self._busy += 1
+            self._current.abandoned = abandoned
             try:
                 return fn(*args, **kwargs)
             finally:
+                self._current.abandoned = None
                 with self._lock:
                     self._busy -= 1
 
@@ -98,12 +104,23 @@ class WorkerPool:
 
         future = self._executor.submit(call)
         future.add_done_callback(forget_if_cancelled)
-        # wrap_future cancels the concurrent future when the awaiting task is cancelled.
-        return await asyncio.wrap_future(future)
+        try:
+            # wrap_future cancels the concurrent future when the awaiting task is cancelled.
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # A call that has started cannot be interrupted, but its chunks can stop being handed out
+            # (a timed-out or disconnected 10-minute song frees the pool within one chunk).
+            abandoned.set()
+            raise
 
     def chunk_runner(self) -> PoolChunkRunner:
-        """A runner that spreads one call's chunks over this pool's threads (see :class:`PoolChunkRunner`)."""
-        return PoolChunkRunner(self._executor, self.workers - 1, self._count_busy)
+        """A runner that spreads one call's chunks over this pool's threads (see :class:`PoolChunkRunner`).
+
+        Called from inside a call that :meth:`run` started, the runner stops handing out chunks once
+        that call's caller has given up (cancelled, timed out).
+        """
+        abandoned = getattr(self._current, "abandoned", None)
+        return PoolChunkRunner(self._executor, self.workers - 1, self._count_busy, abandoned)
 
     @contextlib.contextmanager
     def _count_busy(self) -> Iterator[None]:
@@ -173,6 +190,8 @@ class PoolChunkRunner:
         executor: The pool's executor.
         helpers: Most tasks the clip may have on the pool at once besides its own thread.
         busy: Context manager counting a running helper as a busy worker (metrics).
+        abandoned: Set when nobody waits for the result any more: no further chunk starts, and
+            :meth:`map` raises :class:`~app.core.errors.RequestTimeoutError` once the started ones end.
     """
 
     def __init__(
@@ -180,10 +199,12 @@ class PoolChunkRunner:
         executor: ThreadPoolExecutor,
         helpers: int,
         busy: Callable[[], contextlib.AbstractContextManager[Any]],
+        abandoned: threading.Event | None = None,
     ) -> None:
         self._executor = executor
         self._helpers = max(0, helpers)
         self._busy = busy
+        self._abandoned = abandoned
 
     def map(self, fn: Callable[[int], R], count: int) -> list[R]:
         """Return ``[fn(0), ..., fn(count - 1)]``, the calls spread over the pool.
@@ -194,13 +215,14 @@ class PoolChunkRunner:
         if count <= 0:
             return []
         results: list[Any] = [None] * count
-        lock = threading.Lock()
-        all_done = threading.Event()
+        cond = threading.Condition()
         state = {"next": 0, "done": 0}
         errors: list[BaseException] = []
 
         def take() -> int | None:
-            with lock:
+            with cond:
+                if self._abandoned is not None and self._abandoned.is_set() and not errors:
+                    errors.append(RequestTimeoutError("the request was abandoned; its chunks stopped"))
                 if errors or state["next"] >= count:
                     return None
                 i = state["next"]
@@ -211,15 +233,12 @@ class PoolChunkRunner:
             try:
                 results[i] = fn(i)
             except BaseException as exc:  # re-raised in the caller, after the others
-                with lock:
+                with cond:
                     errors.append(exc)
             finally:
-                with lock:
+                with cond:
                     state["done"] += 1
-                    # Chunks never taken (after an error) count as done for the caller's wait.
-                    finished = state["done"] + (count - state["next"] if errors else 0) >= count
-                if finished:
-                    all_done.set()
+                    cond.notify_all()
 
         def submit() -> bool:
             try:
@@ -234,7 +253,7 @@ class PoolChunkRunner:
                 return
             with self._busy():
                 run(i)
-            with lock:
+            with cond:
                 more = not errors and state["next"] < count
             if more:
                 submit()
@@ -244,7 +263,9 @@ class PoolChunkRunner:
                 break
         while (i := take()) is not None:
             run(i)
-        all_done.wait()
+        # No chunk starts any more (all taken, or an error stopped them): wait for the started ones.
+        with cond:
+            cond.wait_for(lambda: state["done"] == state["next"])
         if errors:
             raise errors[0]
         return results
