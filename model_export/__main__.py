@@ -333,6 +333,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_step(args: argparse.Namespace) -> int:
+    """Write (or rewrite) the single-step graph of an exported model beside it and name it in its metadata."""
+    from model_export.step import add_step_graph
+
+    t0 = time.perf_counter()
+    path, diff = add_step_graph(args.model, steps=args.steps)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); max |step - sequence| over {args.steps} "
+        f"steps = {diff:.2e} ({time.perf_counter() - t0:.0f}s)"
+    )
+    return 0
+
+
 def cmd_real_music(args: argparse.Namespace) -> int:
     """Run a model over real recordings from Debian packages and write the sanity report's data."""
     from model_export.real_music import run
@@ -439,6 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL=REPORT",
         help="another CV report.json shown in the card's before/after table (repeatable)",
     )
+    p = sub.add_parser("step", help="add the single-step graph (live streams) beside an exported model")
+    p.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx", help="ONNX model")
+    p.add_argument(
+        "--steps", type=int, default=1200, help="frames of the parity check against the sequence graph"
+    )
     p = sub.add_parser(
         "real-music", help="run a model over real recordings from Debian packages (report data)"
     )
@@ -462,6 +480,7 @@ COMMANDS = {
     "joint-cv": cmd_joint_cv,
     "train": cmd_train,
     "export": cmd_export,
+    "step": cmd_step,
 }
 
 

@@ -358,7 +358,8 @@ def _store_initializers_fp16(model: onnx.ModelProto) -> int:
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= FP16_MIN_ELEMENTS:
             values = numpy_helper.to_array(init)
-            half = values.astype(np.float16)
+            with np.errstate(over="ignore"):  # out-of-range values are simply kept as float32
+                half = values.astype(np.float16)
             if np.array_equal(half.astype(np.float32), values):
                 kept.append(numpy_helper.from_array(half, name=init.name + "__fp16"))
                 casts.append(

@@ -433,10 +433,12 @@ def export_with_card(
         joint_report: ``report.json`` of the joint (clip-level) CV behind the model, for the card.
 
     Returns:
-        The written ONNX path.
+        The written ONNX path (its single-step graph is written beside it, see
+        :func:`model_export.step.add_step_graph`).
     """
     from model_export.card import CARD_KEY, build_card, card_metrics, load_report, render_markdown
     from model_export.export import export_checkpoint
+    from model_export.step import add_step_graph
 
     model, contract, meta = load_checkpoint(checkpoint)
     card = build_card(
@@ -466,6 +468,8 @@ def export_with_card(
         fp16=fp16,
         smoothing=smoothing,
     )
+    # The live stream's single-step graph, built from the exported weights and verified against them.
+    add_step_graph(path)
     if card_path is not None:
         card_path.parent.mkdir(parents=True, exist_ok=True)
         card_path.write_text(render_markdown(card))

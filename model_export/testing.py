@@ -158,18 +158,23 @@ def export_tiny_model(
     name: str = "tiny",
     version: str = "0.0.1",
     features: FeatureConfig | None = None,
+    step: bool = False,
+    smoothing_alpha: float | None = None,
 ) -> Path:
     """Export a tiny untrained model (hidden 4, the real 6373-wide input) to ``directory/<name>.onnx``.
 
     With ``real_names`` its contract names this build's feature-name hash and openSMILE version, so
     the service accepts it; without, the service refuses it (features it cannot compute). ``features``
-    replaces the contract's feature configuration (e.g. a chunked one). Runs torch on one thread:
+    replaces the contract's feature configuration (e.g. a chunked one). ``step`` also writes the
+    single-step graph beside it (live streams); ``smoothing_alpha`` adds output smoothing. Runs torch on one thread:
     with more, each time step's small ops wait for descheduled threads on a busy box.
     """
     import torch
 
     from app.core.features import FeatureExtractor, opensmile_version
     from model_export.export import export_checkpoint
+    from model_export.smoothing import Smoothing
+    from model_export.step import add_step_graph
 
     contract = make_contract()
     if features is not None:
@@ -184,7 +189,16 @@ def export_tiny_model(
     try:
         ckpt = directory / f"{name}.pt"
         write_checkpoint(ckpt, contract=contract)
-        return export_checkpoint(ckpt, directory / f"{name}.onnx", model_name=name, model_version=version)
+        path = export_checkpoint(
+            ckpt,
+            directory / f"{name}.onnx",
+            model_name=name,
+            model_version=version,
+            smoothing=None if smoothing_alpha is None else Smoothing(alpha=smoothing_alpha, taps=8),
+        )
+        if step:
+            add_step_graph(path)
+        return path
     finally:
         torch.set_num_threads(previous)
 

@@ -54,7 +54,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported ONNX model the service accepts, built once per test session."""
-    return export_tiny_model(tmp_path_factory.mktemp("served_model"))
+    return export_tiny_model(tmp_path_factory.mktemp("served_model"), step=True)
 
 
 def _free_port() -> int:

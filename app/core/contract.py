@@ -39,6 +39,10 @@ METADATA_PREFIX = "mer."
 INPUT_NAME = "features"
 #: Name of the graph output: emotion (B, T, O), float32.
 OUTPUT_NAME = "emotion"
+#: Metadata key naming a model's single-step sibling graph (``{"file", "sha256", "parity", "steps"}``).
+STEP_MODEL_KEY = METADATA_PREFIX + "step_model"
+#: A step graph's output for state input ``s`` is named ``s + STEP_NEXT_SUFFIX``.
+STEP_NEXT_SUFFIX = "_next"
 #: The outputs a served model has, in order (the last axis of the output tensor; the response schema
 #: names them; training's target columns).
 OUTPUTS = ("arousal", "valence")

@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelContract
 from app.core.errors import ContractError, InvalidFeaturesError, ModelNotReadyError, ServiceError
+from app.core.step import StepModel
 from app.core.types import FloatArray
 
 __all__ = ["WARMUP_FRAMES", "Predictor", "ProviderChoice"]
@@ -79,6 +80,8 @@ class Predictor:
         self.num_features = contract.num_features
         self.outputs = contract.outputs
         self.ready = False
+        #: The single-step graph for live streams (``app.core.step``), if the model has one.
+        self.step: StepModel | None = None
 
     @classmethod
     def load(
@@ -146,6 +149,10 @@ class Predictor:
             raise ContractError(f"{model_path}: {exc.message}") from exc
         _check_interface(session, contract, model_path)
         predictor = cls(session, contract, model_path)
+        # The live stream's step graph, when the model names one: refused (ContractError) if broken.
+        predictor.step = StepModel.load(
+            model_path, meta, num_features=contract.num_features, num_outputs=len(contract.outputs)
+        )
         log.info("loaded %s %s (%s) on %s", predictor.model_name, predictor.model_version, model_path, actual)
         if warmup:
             predictor.warmup()
@@ -238,6 +245,7 @@ class Predictor:
                 "hop_s": self.contract.features.hop_s,
                 "window_s": self.contract.features.window_s,
             },
+            "step_model": None if self.step is None else self.step.info(),
         }
 
     def _expected(self) -> str:

@@ -1,0 +1,426 @@
+"""The stateful single-step graph beside the sequence graph: one 500 ms frame in, one prediction out.
+
+The sequence graph (:mod:`model_export.export`) maps a whole clip ``(B, T, F)`` to ``(B, T, O)``. A live
+stream has one new frame every 500 ms and must not recompute its past, so every exported model can have a
+sibling *step graph* with the same weights that carries the recurrence's state explicitly:
+
+* inputs ``features`` (B, F) (raw features of one frame) and the state tensors, outputs ``emotion``
+  (B, O) and, for each state input ``s``, ``s_next``;
+* the state: each LSTM layer's ``h{i}`` and ``c{i}``, the attention window's past top-layer states
+  ``past_h`` (B, W, H; most recent first; AT only), the output recurrence's ``y_prev`` (B, O), the
+  smoother's past raw outputs ``past_y`` (B, taps - 1, O) and ``frames`` (B, 1), the number of steps
+  taken (clamped at ``max(W, taps)``: all the masks need), all zero at the start of a stream.
+
+Step t computes exactly what frame t of the sequence graph computes (the same ONNX ``LSTM``/``RNN``
+operators with initial states, the same attention scores over the same W past states with the same
+masks, the same truncated, renormalised exponential smoothing), so the two agree to float rounding;
+:func:`verify_step` checks it over 1 200 steps (parity tolerance :data:`STEP_PARITY_TOLERANCE`).
+
+The server needs nothing architecture-specific: the state inputs, their shapes and their ``_next``
+outputs are read from the step graph itself (``app.core.step``). The sequence model's metadata names the
+sibling file and its SHA-256 (``mer.step_model``), so serving refuses a step graph that is not this
+model's.
+
+:func:`recover_export_module` rebuilds the PyTorch module from an exported sequence graph (weights from
+its initializers, configuration from its metadata), so a step graph can be added to a model whose
+training checkpoint is gone, such as the shipped one: its parity is then checked against the original
+ONNX file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import Tensor, nn
+
+from app.core.contract import (
+    INPUT_NAME,
+    METADATA_PREFIX,
+    OUTPUT_NAME,
+    STEP_MODEL_KEY,
+    STEP_NEXT_SUFFIX,
+    ModelContract,
+)
+from app.core.types import FloatArray
+from model_export.export import ExportError, ExportModule, _store_initializers_fp16, sample_raw_features
+from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig
+from model_export.smoothing import Smoothing
+
+__all__ = [
+    "STEP_PARITY_TOLERANCE",
+    "StepModule",
+    "add_step_graph",
+    "export_step",
+    "recover_export_module",
+    "step_file_for",
+    "verify_step",
+]
+
+#: Largest accepted |step graph - sequence graph| over the verification run.
+STEP_PARITY_TOLERANCE = 1e-4
+#: Steps of the verification run: 20 times the attention window and the smoother's taps.
+VERIFY_STEPS = 1200
+
+
+class StepModule(nn.Module):
+    """One frame of an :class:`~model_export.export.ExportModule`, with its state in and out.
+
+    Args:
+        export_module: The sequence module (normaliser, model, optional smoother) whose weights it uses.
+    """
+
+    def __init__(self, export_module: ExportModule) -> None:
+        super().__init__()
+        self.inner = export_module
+        cfg = export_module.model.config
+        smoother = export_module.smoother
+        self.window = cfg.attention_window if export_module.model.attention is not None else 0
+        self.taps = smoother.taps if smoother is not None else 1
+        self.horizon = float(max(self.window, self.taps, 1))
+        self.register_buffer("offsets", torch.arange(1, max(self.window, self.taps) + 1, dtype=torch.float32))
+        alpha = smoother.alpha if smoother is not None else 0.0
+        self.register_buffer(
+            "smooth_weights", torch.tensor([alpha**j for j in range(1, self.taps)], dtype=torch.float32)
+        )
+
+    offsets: Tensor
+    smooth_weights: Tensor
+
+    def state_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every state tensor, in the graph's input order."""
+        cfg: ModelConfig = self.inner.model.config
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, size in enumerate(cfg.hidden_sizes):
+            shapes[f"h{i}"] = (batch, size)
+            shapes[f"c{i}"] = (batch, size)
+        if self.window:
+            shapes["past_h"] = (batch, self.window, cfg.top_hidden_size)
+        if self.inner.model.output_rnn is not None:
+            shapes["y_prev"] = (batch, cfg.num_outputs)
+        if self.taps > 1:
+            shapes["past_y"] = (batch, self.taps - 1, cfg.num_outputs)
+        shapes["frames"] = (batch, 1)
+        return shapes
+
+    def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """One step.
+
+        Args:
+            features: Raw features of one frame, (B, F).
+            *state: The state tensors in :meth:`state_shapes` order.
+
+        Returns:
+            ``(emotion (B, O), *next_state)`` in the same order.
+        """
+        names = list(self.state_shapes())
+        s = dict(zip(names, state, strict=True))
+        model: EmotionRNN = self.inner.model
+        x = self.inner.normaliser(features)[:, None, :]  # (B, 1, F)
+        out: dict[str, Tensor] = {}
+        for i, lstm in enumerate(model.encoder):
+            x, (h, c) = lstm(x, (s[f"h{i}"][None], s[f"c{i}"][None]))
+            out[f"h{i}"], out[f"c{i}"] = h[0], c[0]
+        h_t = x[:, 0]  # (B, H), the top layer's state at this frame
+        frames = s["frames"]
+        z = h_t
+        if model.attention is not None:
+            past = s["past_h"]  # (B, W, H): past[:, d-1] = h_{t-d}
+            att = model.attention
+            valid = frames >= self.offsets[: self.window]  # (B, W): a real frame stands behind slot d
+            query = att.query(past[:, 0])  # W_a h_{t-1} + b
+            e = att.score(torch.sigmoid(query[:, None, :] + att.key(past))).squeeze(-1)
+            e = e.masked_fill(~valid, _MASKED_SCORE)
+            alpha = torch.softmax(e, dim=-1) * valid  # all masked at t = 0: c_0 = 0
+            context = torch.bmm(alpha[:, None, :], past)[:, 0]
+            z = torch.cat([h_t, context], dim=-1)
+            out["past_h"] = torch.cat([h_t[:, None], past[:, :-1]], dim=1)
+        if model.output_rnn is not None:
+            y_seq, _ = model.output_rnn(z[:, None], s["y_prev"][None])
+            y = y_seq[:, 0]
+            out["y_prev"] = y
+        else:
+            assert model.output_linear is not None
+            y = torch.tanh(model.output_linear(z))
+        emotion = y
+        if self.taps > 1:
+            past_y = s["past_y"]  # (B, taps-1, O): past_y[:, j-1] = y_{t-j}
+            present = (frames >= self.offsets[: self.taps - 1]).to(y.dtype)  # (B, taps-1)
+            weights = self.smooth_weights * present
+            num = y + torch.bmm(weights[:, None, :], past_y)[:, 0]
+            emotion = num / (1.0 + weights.sum(dim=-1, keepdim=True))
+            out["past_y"] = torch.cat([y[:, None], past_y[:, :-1]], dim=1)
+        out["frames"] = torch.clamp(frames + 1.0, max=self.horizon)
+        return (emotion, *(out[name] for name in names))
+
+
+def step_file_for(sequence_path: str | os.PathLike[str]) -> Path:
+    """The sibling file a sequence graph's step graph is written to: ``x.onnx`` -> ``x.step.onnx``."""
+    p = Path(sequence_path)
+    return p.with_name(p.stem + ".step.onnx")
+
+
+def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = "") -> Path:
+    """Export a :class:`StepModule` to ONNX (dynamic batch axis), atomically.
+
+    Args:
+        step: The module, in eval mode.
+        path: Destination ``.onnx``.
+        doc: The graph's doc string.
+
+    Returns:
+        The written path.
+    """
+    shapes = step.state_shapes(batch=2)
+    names = list(shapes)
+    num_features = step.inner.model.config.num_features
+    dummy = (torch.zeros(2, num_features), *(torch.zeros(shape) for shape in shapes.values()))
+    inputs = [INPUT_NAME, *names]
+    outputs = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in names)]
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings():
+            # The legacy exporter's notices (see export.export_checkpoint); verify_step checks the graph.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(
+                step,
+                dummy,
+                os.fspath(tmp),
+                dynamo=False,
+                opset_version=17,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            )
+        proto = onnx.load(os.fspath(tmp))
+        # Weights that are exactly float16 (an fp16 export's rounded weights) are stored so, as in the
+        # sequence graph: half the file, the same values.
+        _store_initializers_fp16(proto)
+        proto.graph.doc_string = doc or "single-step graph"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, os.fspath(tmp))
+        tmp.chmod(0o644)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def verify_step(
+    step_path: str | os.PathLike[str],
+    sequence_path: str | os.PathLike[str],
+    contract: ModelContract,
+    *,
+    steps: int = VERIFY_STEPS,
+    tolerance: float = STEP_PARITY_TOLERANCE,
+    seed: int = 0,
+) -> float:
+    """Run the step graph ``steps`` times and the sequence graph once over the same frames; compare.
+
+    Args:
+        step_path: The step graph.
+        sequence_path: The sequence graph it belongs to.
+        contract: The model's contract (for the raw-feature distribution).
+        steps: Frames to run.
+        tolerance: Largest accepted absolute difference.
+        seed: Random source of the frames.
+
+    Returns:
+        The largest absolute difference over all frames and outputs.
+
+    Raises:
+        ExportError: If a difference exceeds ``tolerance`` (or is NaN).
+    """
+    x = sample_raw_features(contract, 1, steps, np.random.default_rng(seed))
+    want = _session(sequence_path).run([OUTPUT_NAME], {INPUT_NAME: x})[0][0]
+    got = np.stack([row for row in run_steps(_session(step_path), x[0])])
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= tolerance:
+        worst = int(np.argmax(np.abs(got - want).max(axis=1)))
+        raise ExportError(f"step graph differs from the sequence graph by {diff:.3g} (frame {worst})")
+    return diff
+
+
+def run_steps(session: Any, frames: FloatArray) -> list[FloatArray]:
+    """Feed ``frames`` (T, F) one by one through a step-graph session from the zero state."""
+    state = {
+        i.name: np.zeros([1, *i.shape[1:]], dtype=np.float32)
+        for i in session.get_inputs()
+        if i.name != INPUT_NAME
+    }
+    names = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in state)]
+    out: list[FloatArray] = []
+    for row in frames:
+        results = session.run(names, {INPUT_NAME: row[None], **state})
+        out.append(results[0][0])
+        state = dict(zip(state, results[1:], strict=True))
+    return out
+
+
+def _session(path: str | os.PathLike[str]) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, ModelContract]:
+    """Rebuild the PyTorch module of an exported sequence graph from its weights and metadata.
+
+    The weights are read from the initializers of the graph's named nodes (the encoder's ``LSTM``
+    operators, the attention's ``query``/``key``/``score`` products, the output ``RNN`` or linear
+    layer); ONNX's gate order (i, o, f, c) is mapped back to PyTorch's (i, f, g, o). The normaliser
+    comes from the contract, the smoother from ``mer.smoothing``.
+
+    Args:
+        path: An ``.onnx`` file written by ``python -m model_export export``.
+
+    Returns:
+        ``(module in eval mode, contract)``.
+
+    Raises:
+        ExportError: If the graph lacks a node or weight the configuration needs, or a shape differs.
+    """
+    proto = onnx.load(os.fspath(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    contract = ModelContract.from_metadata(meta)
+    config = ModelConfig.from_dict(json.loads(meta[METADATA_PREFIX + "model_config"]))
+    smoothing_meta = json.loads(meta.get(METADATA_PREFIX + "smoothing", '{"kind": "none"}'))
+    smoothing = (
+        None
+        if smoothing_meta.get("kind") == "none"
+        else Smoothing(alpha=float(smoothing_meta["alpha"]), taps=int(smoothing_meta["taps"]))
+    )
+    values = _constant_values(proto.graph)
+    nodes = {n.name: n for n in proto.graph.node}
+
+    def weight(node_name: str, index: int) -> FloatArray:
+        node = nodes.get(node_name)
+        if node is None or len(node.input) <= index or node.input[index] not in values:
+            raise ExportError(f"{path}: no weight {index} of node {node_name!r}")
+        return values[node.input[index]]
+
+    model = EmotionRNN(config)
+    state: dict[str, FloatArray] = {}
+    for i in range(len(config.hidden_sizes)):
+        name = f"/model/encoder.{i}/LSTM"
+        w, r, b = (weight(name, k)[0] for k in (1, 2, 3))
+        h4 = w.shape[0]
+        state[f"encoder.{i}.weight_ih_l0"] = _onnx_to_torch_gates(w)
+        state[f"encoder.{i}.weight_hh_l0"] = _onnx_to_torch_gates(r)
+        state[f"encoder.{i}.bias_ih_l0"] = _onnx_to_torch_gates(b[:h4])
+        state[f"encoder.{i}.bias_hh_l0"] = _onnx_to_torch_gates(b[h4:])
+    if model.attention is not None:
+        state["attention.query.weight"] = weight("/model/attention/query/MatMul", 1).T
+        state["attention.query.bias"] = _bias(nodes, values, "/model/attention/query/Add", path)
+        state["attention.key.weight"] = weight("/model/attention/key/MatMul", 1).T
+        state["attention.score.weight"] = weight("/model/attention/score/MatMul", 1).T
+    if model.output_rnn is not None:
+        w, r, b = (weight("/model/output_rnn/RNN", k)[0] for k in (1, 2, 3))
+        o = w.shape[0]
+        state |= {
+            "output_rnn.weight_ih_l0": w,
+            "output_rnn.weight_hh_l0": r,
+            "output_rnn.bias_ih_l0": b[:o],
+            "output_rnn.bias_hh_l0": b[o:],
+        }
+    else:
+        state["output_linear.weight"] = weight("/model/output_linear/MatMul", 1).T
+        state["output_linear.bias"] = _bias(nodes, values, "/model/output_linear/Add", path)
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise ExportError(f"{path}: recovered {sorted(state)}, the model has {sorted(expected)}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ExportError(f"{path}: {key} has shape {value.shape}, expected {tuple(expected[key].shape)}")
+    model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
+    )
+    return ExportModule(model.eval(), contract, smoothing).eval(), contract
+
+
+def _onnx_to_torch_gates(a: FloatArray) -> FloatArray:
+    """ONNX LSTM gate blocks (i, o, f, c) along axis 0 -> PyTorch's (i, f, g=c, o)."""
+    i, o, f, c = np.split(a, 4, axis=0)
+    return np.concatenate([i, f, c, o], axis=0)
+
+
+def _bias(nodes: Mapping[str, Any], values: Mapping[str, FloatArray], name: str, path: object) -> FloatArray:
+    node = nodes.get(name)
+    found = [values[i] for i in (node.input if node is not None else []) if i in values]
+    if len(found) != 1:
+        raise ExportError(f"{path}: no bias at node {name!r}")
+    return found[0]
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, FloatArray]:
+    """Every initializer as float32, also under the names its ``Cast``/``Identity`` nodes give it."""
+    values = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type in ("Cast", "Identity") and node.input and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def add_step_graph(sequence_path: str | os.PathLike[str], *, steps: int = VERIFY_STEPS) -> tuple[Path, float]:
+    """Write the step graph beside an exported sequence graph and name it in the sequence graph's metadata.
+
+    The step graph is built from the sequence graph's own weights (:func:`recover_export_module`),
+    verified against the sequence graph over ``steps`` frames, and recorded as
+    ``mer.step_model = {"file": <sibling name>, "sha256": <its hash>, "parity": <max diff>}``. Only
+    that metadata entry of the sequence graph changes; its graph and weights stay as they are.
+
+    Returns:
+        ``(step graph path, max |step - sequence|)``.
+
+    Raises:
+        ExportError: If the graphs differ by more than :data:`STEP_PARITY_TOLERANCE`.
+    """
+    seq = Path(sequence_path)
+    module, contract = recover_export_module(seq)
+    step = StepModule(module).eval()
+    target = step_file_for(seq)
+    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        export_step(step, tmp, doc=f"single-step graph of {seq.name}")
+        diff = verify_step(tmp, seq, contract, steps=steps)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        proto = onnx.load(os.fspath(seq))
+        kept = [p for p in proto.metadata_props if p.key != STEP_MODEL_KEY]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        record = {"file": target.name, "sha256": digest, "parity": float(f"{diff:.3g}"), "steps": steps}
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=STEP_MODEL_KEY, value=json.dumps(record)))
+        tmp.replace(target)
+        fd2, seq_tmp_name = tempfile.mkstemp(prefix=seq.name + ".", suffix=".tmp", dir=seq.parent)
+        os.close(fd2)
+        seq_tmp = Path(seq_tmp_name)
+        try:
+            onnx.save(proto, os.fspath(seq_tmp))
+            seq_tmp.chmod(0o644)
+            seq_tmp.replace(seq)
+        finally:
+            seq_tmp.unlink(missing_ok=True)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target, diff
