@@ -17,7 +17,7 @@ from app.http.deps import OPEN_PATHS, auth_dependencies
 from app.http.errors import install_error_handlers
 from app.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.http.openapi import install_openapi
-from app.http.routes import ops, v1, v2
+from app.http.routes import ops, stream, v1, v2
 from app.logs import configure_logging
 from app.serving import lifecycle
 from app.serving.lifecycle import ServiceState
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = auth_dependencies(settings.api_key is not None)
     app.include_router(v1.router, dependencies=secured)
     app.include_router(ops.router)
+    app.include_router(stream.router)  # checks the API key itself: WebSockets skip the middleware
     app.include_router(v2.router, dependencies=secured)
     # The metrics middleware matches requests against route templates before routing, so that requests
     # an inner middleware refuses (401, 413) are labelled too. It gets the routers' own routes: FastAPI

@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=120.0, gt=0, description="Longest a request may take once its body has arrived (504)."
     )
+    stream_max_concurrent: int = Field(
+        default=8, ge=0, description="Most live streams (/v1/stream) at once; more are closed with 1013."
+    )
+    stream_idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="A live stream that sends nothing for this long is closed (1008)."
+    )
+    stream_max_duration_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Most seconds of audio one live stream may send; its wall time is bounded by this plus "
+        "the idle timeout (1008 after that).",
+    )
+    stream_max_message_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest WebSocket message of a live stream (1009 above it)."
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="If set, every route except health, /v2/health/* and /metrics needs "

@@ -199,7 +199,7 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=UserWarning)
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
             torch.onnx.export(
                 step,
                 dummy,

@@ -1,4 +1,4 @@
-"""The single-step graph (model_export.step) and its runtime (app.core.step): parity with the sequence graph."""
+"""The single-step graph (model_export.step) and its runtime (app.core.step): parity with the sequence."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _export(tmp_path: Path, preset: str, overrides: dict[str, object], smoothing: Smoothing | None) -> Path:
     ckpt = tmp_path / "m.pt"
     write_checkpoint(ckpt, preset=preset, overrides=overrides, seed=3)
-    return export_checkpoint(ckpt, tmp_path / "m.onnx", model_name="m", model_version="1", smoothing=smoothing)
+    out = tmp_path / "m.onnx"
+    return export_checkpoint(ckpt, out, model_name="m", model_version="1", smoothing=smoothing)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,9 @@ def test_adding_the_step_graph_changes_only_one_metadata_entry(tmp_path: Path) -
     assert set(new) - set(old) == {STEP_MODEL_KEY}
     assert all(new[k] == v for k, v in old.items())
     record = json.loads(new[STEP_MODEL_KEY])
-    assert record["file"] == "tiny.step.onnx" and record["steps"] == 50 and len(record["sha256"]) == 64
+    assert record["file"] == "tiny.step.onnx"
+    assert record["steps"] == 50
+    assert len(record["sha256"]) == 64
     add_step_graph(seq, steps=50)  # again: replaced, not duplicated
     assert [p.key for p in onnx.load(str(seq)).metadata_props].count(STEP_MODEL_KEY) == 1
 
@@ -99,7 +102,8 @@ def test_serving_refuses_a_step_graph_that_is_not_the_models(tmp_path: Path) -> 
 
 def test_a_model_without_a_step_graph_loads_without_one(tmp_path: Path) -> None:
     predictor = Predictor.load(export_tiny_model(tmp_path), providers="cpu", intra_op_threads=1)
-    assert predictor.step is None and predictor.info()["step_model"] is None
+    assert predictor.step is None
+    assert predictor.info()["step_model"] is None
 
 
 def test_a_step_record_naming_a_path_elsewhere_is_refused(tmp_path: Path) -> None:

@@ -202,6 +202,13 @@ def gated_level_dbfs(signal: npt.ArrayLike, sample_rate: int) -> float | None:
         return None
     # einsum keeps memory at one float per block even for a 15-minute song.
     power = np.einsum("ij,ij->i", blocks, blocks, dtype=np.float64) / blocks.shape[1]
+    return gated_level_from_power(power)
+
+
+def gated_level_from_power(power: npt.NDArray[np.float64]) -> float | None:
+    """The gated level, in dBFS, of blocks with these mean-square powers (see :func:`gated_level_dbfs`)."""
+    if power.size == 0:
+        return None
     with np.errstate(divide="ignore"):
         level = 10.0 * np.log10(power)
     keep = level > LEVEL_ABSOLUTE_GATE_DBFS
@@ -228,9 +235,19 @@ def level_gain_db(signal: npt.ArrayLike, config: FeatureConfig) -> float:
         return 0.0
     x = np.asarray(signal, dtype=np.float32).reshape(-1)
     level = gated_level_dbfs(x, config.sample_rate)
+    return _gain_db(level, float(np.max(np.abs(x))), config)
+
+
+def level_gain_from_blocks(power: npt.NDArray[np.float64], peak: float, config: FeatureConfig) -> float:
+    """:func:`level_gain_db` from block powers and the peak (a stream's running gain, ``app.core.stream``)."""
+    if config.level_policy == "none":
+        return 0.0
+    return _gain_db(gated_level_from_power(power), peak, config)
+
+
+def _gain_db(level: float | None, peak: float, config: FeatureConfig) -> float:
     if level is None:
         return 0.0
-    peak = float(np.max(np.abs(x)))
     peak_room = LEVEL_PEAK_CEILING_DBFS - 20.0 * math.log10(peak)
     return min(config.target_level_dbfs - level, peak_room, LEVEL_MAX_GAIN_DB)
 

@@ -80,6 +80,24 @@ class ServiceMetrics:
             ("name", "version", "provider", "feature_set", "sample_rate"),
             registry=self.registry,
         )
+        self.streams_open = Gauge(
+            "mer_streams_open", "Live streams (/v1/stream) running now.", registry=self.registry
+        )
+        self.stream_frames = Counter(
+            "mer_stream_frames", "Frames sent to live streams.", registry=self.registry
+        )
+        self.stream_frame_seconds = Histogram(
+            "mer_stream_frame_latency_seconds",
+            "From the arrival of the audio that completed a window to its prediction (live streams).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.stream_closes = Counter(
+            "mer_stream_closes",
+            "Live streams ended, by WebSocket close code.",
+            ("code",),
+            registry=self.registry,
+        )
         self.ready = Gauge("mer_ready", "1 once the model is loaded and warmed up.", registry=self.registry)
 
     def observe_batch(self, size: int, padded_frames: int, seconds: float) -> None:

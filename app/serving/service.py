@@ -31,6 +31,7 @@ from app.serving.memory import TRIM_AFTER_S, release_memory
 from app.serving.metrics import ServiceMetrics
 from app.serving.payloads import TensorPayload, audio_from_body, features_from_body, tensor_from_json
 from app.serving.pool import AudioBudget, WorkerPool
+from app.serving.stream import StreamHub
 from app.settings import Settings
 
 __all__ = [
@@ -135,6 +136,8 @@ class EmotionService:
             observe=metrics.observe_batch,
         )
         metrics.track_queues(lambda: self.pool.waiting, lambda: self.batcher.queued)
+        #: Live streams (/v1/stream) through the model's step graph.
+        self.streams = StreamHub(predictor.step, extractor, settings, metrics)
 
     async def start(self) -> None:
         """Start the batcher."""
