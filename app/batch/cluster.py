@@ -225,7 +225,8 @@ def _scorer(model_bytes: bytes, limits: Limits, providers: ProviderChoice) -> Sc
     with tempfile.TemporaryDirectory(prefix="mer-model-") as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model_bytes)
-        predictor = Predictor.load(path, providers=providers, intra_op_threads=1, warmup=False)
+        # Catalogue scoring runs whole clips: the live stream's step graph is not shipped to the workers.
+        predictor = Predictor.load(path, providers=providers, intra_op_threads=1, warmup=False, step=False)
     return Scorer(predictor, limits)
 
 

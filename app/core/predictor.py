@@ -92,6 +92,7 @@ class Predictor:
         intra_op_threads: int,
         inter_op_threads: int = 1,
         warmup: bool = True,
+        step: bool = True,
     ) -> Predictor:
         """Open, validate and (by default) warm up a model.
 
@@ -104,6 +105,8 @@ class Predictor:
             inter_op_threads: Threads across independent operators (the graph is a chain: 1 suffices).
             warmup: Run the model on :data:`WARMUP_FRAMES`-frame inputs now (batch 1 and 4), so the
                 first requests do not pay for allocations and kernel selection.
+            step: Load the step graph the metadata names (live streams); False where only whole clips
+                are scored (e.g. Ray workers that get the sequence graph's bytes alone).
 
         Returns:
             The predictor; ``ready`` is True if ``warmup`` ran.
@@ -150,9 +153,10 @@ class Predictor:
         _check_interface(session, contract, model_path)
         predictor = cls(session, contract, model_path)
         # The live stream's step graph, when the model names one: refused (ContractError) if broken.
-        predictor.step = StepModel.load(
-            model_path, meta, num_features=contract.num_features, num_outputs=len(contract.outputs)
-        )
+        if step:
+            predictor.step = StepModel.load(
+                model_path, meta, num_features=contract.num_features, num_outputs=len(contract.outputs)
+            )
         log.info("loaded %s %s (%s) on %s", predictor.model_name, predictor.model_version, model_path, actual)
         if warmup:
             predictor.warmup()
