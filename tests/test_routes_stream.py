@@ -242,3 +242,17 @@ def test_a_model_without_a_step_graph_closes_streams_with_1011(tmp_path: Path) -
         code, reason, _ = _closed(ws)
     assert code == 1011
     assert "no step graph" in reason
+
+
+def test_a_missing_step_file_closes_streams_with_1011_and_says_which_file(tmp_path: Path) -> None:
+    seq = export_tiny_model(tmp_path, step=True)
+    seq.with_name(seq.stem + ".step.onnx").unlink()
+    with serving(seq) as base:
+        with connect(_ws(base)) as ws:
+            ws.send(json.dumps(HEADER))
+            code, reason, _ = _closed(ws)
+        card = httpx.get(f"{base}/v1/models/default").json()
+    assert code == 1011
+    assert "not beside" in reason
+    assert card["step_model"] is None
+    assert "tiny.step.onnx" in card["step_model_problem"]

@@ -152,6 +152,11 @@ def test_model_card_has_contract_facts_and_scalar_metadata(url: str) -> None:
     assert meta["mer.features"]["level_policy"] == "gated-rms"
     assert "mer.norm_mean" not in meta
     assert "mer.norm_std" not in meta
+    # The step graph live streams run on: its file, parity and state names.
+    assert card["step_model"]["file"] == "tiny.step.onnx"
+    assert card["step_model"]["parity"] <= 1e-4
+    assert {"y_prev", "frames"} <= set(card["step_model"]["state"])
+    assert card["step_model_problem"] is None
 
 
 @pytest.mark.slow

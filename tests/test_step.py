@@ -95,9 +95,46 @@ def test_serving_refuses_a_step_graph_that_is_not_the_models(tmp_path: Path) -> 
     step.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(ContractError, match="not the step graph"):
         Predictor.load(seq, providers="cpu", intra_op_threads=1)
-    step.unlink()
-    with pytest.raises(ContractError, match="does not exist"):
-        Predictor.load(seq, providers="cpu", intra_op_threads=1)
+
+
+def test_a_missing_step_file_serves_whole_clips_and_says_why_streams_are_off(tmp_path: Path) -> None:
+    seq = export_tiny_model(tmp_path, step=True)
+    step_file_for(seq).unlink()
+    predictor = Predictor.load(seq, providers="cpu", intra_op_threads=1)
+    assert predictor.ready
+    assert predictor.step is None
+    problem = predictor.info()["step_model_problem"]
+    assert "not beside" in problem
+    assert step_file_for(seq).name in problem
+    assert predictor.predict(np.zeros((3, predictor.num_features), np.float32)).shape == (3, 2)
+
+
+def test_a_renamed_copy_finds_its_step_graph_under_either_name(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    seq = export_tiny_model(tmp_path / "a", step=True)
+    step = step_file_for(seq)
+    both = tmp_path / "both"
+    both.mkdir()
+    # A copy named custom.onnx with its step graph renamed the same way: found by the sibling name.
+    (both / "custom.onnx").write_bytes(seq.read_bytes())
+    (both / "custom.step.onnx").write_bytes(step.read_bytes())
+    loaded = Predictor.load(both / "custom.onnx", providers="cpu", intra_op_threads=1)
+    assert loaded.step is not None
+    assert loaded.step.path.name == "custom.step.onnx"
+    # Only the recorded name beside it: found by that.
+    (both / "custom.step.onnx").unlink()
+    (both / step.name).write_bytes(step.read_bytes())
+    loaded = Predictor.load(both / "custom.onnx", providers="cpu", intra_op_threads=1)
+    assert loaded.step is not None
+    assert loaded.step.path.name == step.name
+    # A stale file under the sibling name does not shadow the right one under the recorded name.
+    (both / "custom.step.onnx").write_bytes(step.read_bytes()[:-1] + b"\0")
+    loaded = Predictor.load(both / "custom.onnx", providers="cpu", intra_op_threads=1)
+    assert loaded.step is not None
+    assert loaded.step.path.name == step.name
+    (both / step.name).unlink()
+    with pytest.raises(ContractError, match="not the step graph"):
+        Predictor.load(both / "custom.onnx", providers="cpu", intra_op_threads=1)
 
 
 def test_a_model_without_a_step_graph_loads_without_one(tmp_path: Path) -> None:

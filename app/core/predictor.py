@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from app.core.contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, ModelContract
 from app.core.errors import ContractError, InvalidFeaturesError, ModelNotReadyError, ServiceError
-from app.core.step import StepModel
+from app.core.step import StepGraphMissingError, StepModel
 from app.core.types import FloatArray
 
 __all__ = ["WARMUP_FRAMES", "Predictor", "ProviderChoice"]
@@ -82,6 +82,8 @@ class Predictor:
         self.ready = False
         #: The single-step graph for live streams (``app.core.step``), if the model has one.
         self.step: StepModel | None = None
+        #: Why a step graph the model names is not loaded (its file is missing), else ``None``.
+        self.step_problem: str | None = None
 
     @classmethod
     def load(
@@ -152,11 +154,16 @@ class Predictor:
             raise ContractError(f"{model_path}: {exc.message}") from exc
         _check_interface(session, contract, model_path)
         predictor = cls(session, contract, model_path)
-        # The live stream's step graph, when the model names one: refused (ContractError) if broken.
+        # The live stream's step graph, when the model names one: refused (ContractError) if it is
+        # not the one exported with the model; a missing file only takes live streams away.
         if step:
-            predictor.step = StepModel.load(
-                model_path, meta, num_features=contract.num_features, num_outputs=len(contract.outputs)
-            )
+            try:
+                predictor.step = StepModel.load(
+                    model_path, meta, num_features=contract.num_features, num_outputs=len(contract.outputs)
+                )
+            except StepGraphMissingError as exc:
+                predictor.step_problem = exc.message
+                log.warning("%s; whole clips are served, live streams are not", exc.message)
         log.info("loaded %s %s (%s) on %s", predictor.model_name, predictor.model_version, model_path, actual)
         if warmup:
             predictor.warmup()
@@ -250,6 +257,7 @@ class Predictor:
                 "window_s": self.contract.features.window_s,
             },
             "step_model": None if self.step is None else self.step.info(),
+            "step_model_problem": self.step_problem,
         }
 
     def _expected(self) -> str:

@@ -24,10 +24,43 @@ from app.core.contract import INPUT_NAME, OUTPUT_NAME, STEP_MODEL_KEY, STEP_NEXT
 from app.core.errors import ContractError
 from app.core.types import FloatArray
 
-__all__ = ["StepModel", "StepState"]
+__all__ = ["StepGraphMissingError", "StepModel", "StepState"]
 
 #: One stream's recurrent state: state input name -> (1, ...) float32 array.
 StepState = dict[str, FloatArray]
+
+
+class StepGraphMissingError(ContractError):
+    """The model names a step graph but no file beside it is there (whole clips still work)."""
+
+
+def _find_step_file(sequence_path: Path, name: str, digest: str) -> tuple[Path, bytes]:
+    """The step file beside ``sequence_path`` whose SHA-256 is ``digest``, and its bytes.
+
+    A model copied under another name usually has its step graph copied the same way
+    (``custom.onnx`` + ``custom.step.onnx``), so that sibling is tried before the name recorded at
+    export; the digest decides, so a stale file under either name is never used.
+    """
+    candidates = list(
+        dict.fromkeys(
+            [sequence_path.with_name(sequence_path.stem + ".step.onnx"), sequence_path.parent / name]
+        )
+    )
+    present = [p for p in candidates if p.is_file()]
+    if not present:
+        raise StepGraphMissingError(
+            f"step graph not beside {sequence_path.name} (looked for "
+            + " and ".join(p.name for p in candidates)
+            + f" in {sequence_path.parent}); copy the .step.onnx exported with it to stream live audio"
+        )
+    for path in present:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == digest:
+            return path, data
+    raise ContractError(
+        f"{' and '.join(str(p) for p in present)}: not the step graph {sequence_path.name} was "
+        "exported with (SHA-256)"
+    )
 
 
 class StepModel:
@@ -63,8 +96,9 @@ class StepModel:
             num_outputs: O of the contract.
 
         Raises:
-            ContractError: If the named file is missing, is not the one recorded (SHA-256), or its
-                interface does not match (serving refuses a model whose contract it cannot honour).
+            StepGraphMissingError: If no step file is beside the model.
+            ContractError: If the step file there is not the one recorded (SHA-256), or its interface
+                does not match (serving refuses a model whose contract it cannot honour).
         """
         raw = metadata.get(STEP_MODEL_KEY)
         if raw is None:
@@ -77,14 +111,7 @@ class StepModel:
             raise ContractError(f"{sequence_path}: unreadable {STEP_MODEL_KEY}: {exc}") from exc
         if Path(name).name != name:
             raise ContractError(f"{sequence_path}: {STEP_MODEL_KEY} must name a file beside the model")
-        path = sequence_path.parent / name
-        if not path.is_file():
-            raise ContractError(f"{sequence_path}: its step graph {path} does not exist")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise ContractError(
-                f"{path} is not the step graph {sequence_path.name} was exported with (SHA-256)"
-            )
+        path, data = _find_step_file(sequence_path, name, digest)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One frame is a small GEMV: one thread per call, many streams in parallel.

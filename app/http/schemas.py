@@ -179,6 +179,14 @@ class FeatureFacts(BaseModel):
     window_s: float
 
 
+class StepGraphFacts(BaseModel):
+    """The single-step graph live streams run on."""
+
+    file: str = Field(description="Its file, beside the model.")
+    parity: float = Field(description="Max |step - sequence| measured when it was exported.")
+    state: list[str] = Field(description="Names of the state it carries from frame to frame.")
+
+
 class ModelCard(BaseModel):
     """The served model: contract facts and the model file's metadata (its arrays left out)."""
 
@@ -193,6 +201,12 @@ class ModelCard(BaseModel):
     features: FeatureFacts
     metadata: dict[str, Any] = Field(
         description="The ONNX metadata_props (mer.*), JSON values decoded; normalisation arrays omitted."
+    )
+    step_model: StepGraphFacts | None = Field(
+        default=None, description="The step graph /v1/stream runs on; null: live streams are unavailable."
+    )
+    step_model_problem: str | None = Field(
+        default=None, description="Why the step graph the model names is not loaded (its file is missing)."
     )
 
 

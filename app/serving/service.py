@@ -137,7 +137,9 @@ class EmotionService:
         )
         metrics.track_queues(lambda: self.pool.waiting, lambda: self.batcher.queued)
         #: Live streams (/v1/stream) through the model's step graph.
-        self.streams = StreamHub(predictor.step, extractor, settings, metrics)
+        self.streams = StreamHub(
+            predictor.step, extractor, settings, metrics, step_problem=predictor.step_problem
+        )
 
     async def start(self) -> None:
         """Start the batcher."""

@@ -59,15 +59,22 @@ class StreamHub:
 
     Args:
         step: The model's step graph (``None``: the model has none, streams are refused).
+        step_problem: Why the model's step graph is not loaded, said to clients that open a stream.
         extractor: The service's feature extractor.
         settings: The stream limits.
         metrics: Streams open, frames sent, per-frame latency.
     """
 
     def __init__(
-        self, step: StepModel | None, extractor: FeatureExtractor, settings: Settings, metrics: ServiceMetrics
+        self,
+        step: StepModel | None,
+        extractor: FeatureExtractor,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        step_problem: str | None = None,
     ) -> None:
         self.step = step
+        self.step_problem = step_problem
         self.extractor = extractor
         self.settings = settings
         self.metrics = metrics
@@ -87,7 +94,9 @@ class StreamHub:
             OverloadedError: If ``stream_max_concurrent`` streams are running.
         """
         if self.step is None:
-            raise ModelNotReadyError("this model has no step graph: live streams are unavailable")
+            raise ModelNotReadyError(
+                self.step_problem or "this model has no step graph: live streams are unavailable"
+            )
         with self._lock:
             if self._open >= self.settings.stream_max_concurrent:
                 raise OverloadedError(f"{self._open} streams are running, the most this server takes")

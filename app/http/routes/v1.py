@@ -23,6 +23,7 @@ from app.http.schemas import (
     FramesResponse,
     ModelCard,
     ModelRef,
+    StepGraphFacts,
     Summary,
 )
 from app.serving.service import EmotionService, FramePrediction
@@ -104,7 +105,14 @@ async def predict_features(request: Request, service: ServiceDep) -> FramesRespo
 async def model_card(service: ServiceDep) -> ModelCard:
     """Contract facts (features, rate, outputs), provider and the model file's metadata."""
     card = service.model_card()
-    return ModelCard(**{**card, "features": FeatureFacts(**card["features"])})
+    step = card.get("step_model")
+    return ModelCard(
+        **{
+            **card,
+            "features": FeatureFacts(**card["features"]),
+            "step_model": None if step is None else StepGraphFacts(**step),
+        }
+    )
 
 
 def frames_response(service: EmotionService, result: FramePrediction) -> FramesResponse:
