@@ -17,7 +17,7 @@ from app.http.deps import OPEN_PATHS, auth_dependencies
 from app.http.errors import install_error_handlers
 from app.http.middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from app.http.openapi import install_openapi
-from app.http.routes import ops, stream, v1, v2
+from app.http.routes import ops, stream, ui, v1, v2
 from app.logs import configure_logging
 from app.serving import lifecycle
 from app.serving.lifecycle import ServiceState
@@ -62,11 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(stream.router)  # checks the API key itself: WebSockets skip the middleware
     app.include_router(v2.router, dependencies=secured)
+    if settings.ui:
+        app.include_router(ui.router)  # the page; its API calls go through the routes above
     # The metrics middleware matches requests against route templates before routing, so that requests
     # an inner middleware refuses (401, 413) are labelled too. It gets the routers' own routes: FastAPI
     # may keep an included router as one opaque route without a path.
     templates = [r for r in app.router.routes if hasattr(r, "path")]
-    templates += [r for router in (v1.router, ops.router, v2.router) for r in router.routes]
+    templates += [r for router in (v1.router, ops.router, v2.router, ui.router) for r in router.routes]
     install_error_handlers(app)
     # Added innermost first: metrics see every response, CORS headers reach error responses, the key
     # is checked before the body is read, and the body limit applies to every route.
@@ -78,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.api_key is not None:
         app.add_middleware(
-            ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), open_paths=OPEN_PATHS
+            ApiKeyMiddleware,
+            api_key=settings.api_key.get_secret_value(),
+            open_paths=(*OPEN_PATHS, *ui.PAGE_PATHS),
         )
     if settings.cors_origins:
         app.add_middleware(

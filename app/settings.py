@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     stream_max_message_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Largest WebSocket message of a live stream (1009 above it)."
     )
+    ui: bool = Field(
+        default=True,
+        description="Serve the page at / (upload a clip or stream the microphone, see the curves); "
+        "false leaves / and /ui/* unrouted (404).",
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="If set, every route except health, /v2/health/* and /metrics needs "

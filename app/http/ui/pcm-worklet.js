@@ -1,0 +1,30 @@
+// AudioWorklet: hands the microphone's first channel to the page in pieces of about 100 ms
+// (the audio thread delivers 128 samples at a time; one WebSocket message per 128 would be ~375/s).
+class PcmTap extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.size = Math.round(sampleRate / 10);
+    this.buffer = new Float32Array(this.size);
+    this.filled = 0;
+  }
+
+  process(inputs) {
+    const channel = inputs[0] && inputs[0][0];
+    if (channel) {
+      let offset = 0;
+      while (offset < channel.length) {
+        const n = Math.min(channel.length - offset, this.size - this.filled);
+        this.buffer.set(channel.subarray(offset, offset + n), this.filled);
+        this.filled += n;
+        offset += n;
+        if (this.filled === this.size) {
+          this.port.postMessage(this.buffer.slice(0));
+          this.filled = 0;
+        }
+      }
+    }
+    return true;
+  }
+}
+
+registerProcessor("pcm-tap", PcmTap);
