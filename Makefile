@@ -37,7 +37,7 @@ CHECKPOINT ?= cache/checkpoints/default.pt
 SHUTDOWN_TIMEOUT_S ?= 10
 UVICORN_FLAGS ?= --http app.http.protocols:JsonErrorProtocol --timeout-graceful-shutdown $(SHUTDOWN_TIMEOUT_S)
 
-.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-long bench-serve bench-batch cv joint-cv model clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-long bench-serve bench-batch bench-stream cv joint-cv model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-serve: $(VENV)/.dev
 
 bench-batch: $(VENV)/.dev
 	$(BIN)/python bench/batch.py
+
+bench-stream: $(VENV)/.dev
+	$(BIN)/python bench/stream.py
 
 bench-infer: $(VENV)/.dev
 	$(BIN)/python bench/infer.py

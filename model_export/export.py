@@ -24,6 +24,7 @@ at load time, so memory at inference is the same as for float32 weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -32,7 +33,7 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -188,20 +189,9 @@ def export_checkpoint(
     }
 
     out = Path(onnx_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings():
-            # The legacy exporter's deprecation notice, its generic "batch size other than 1 with
-            # LSTM" caution, constant-folding notes and nn.LSTM's size checks seen by the tracer: the
-            # graph's correctness for several B and T is established by verify_onnx below, which
-            # raises instead of warning.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+    with atomic_path(out) as tmp:
+        with legacy_exporter_quiet():
+            # verify_onnx below establishes the graph's correctness for several B and T.
             export_onnx(
                 reference,
                 tmp,
@@ -223,12 +213,45 @@ def export_checkpoint(
         if fp16:
             deviation = _max_abs_diff_torch(reference, fp32_reference, contract)
             log.info("fp16 weights change outputs by at most %.2e vs float32", deviation)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target`` that replaces it if the block succeeds (else is removed).
+
+    A half-written model must never be what a service (or the next export) finds at ``target``.
+
+    Yields:
+        The temporary path to write.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
         # mkstemp creates 0600; the model is read by the service, possibly as another user.
         tmp.chmod(0o644)
-        tmp.replace(out)
+        tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    return out
+
+
+@contextlib.contextmanager
+def legacy_exporter_quiet() -> Iterator[None]:
+    """Silence the legacy ONNX exporter's notices around ``torch.onnx.export``.
+
+    Its deprecation notice, the generic "batch size other than 1 with LSTM" caution, constant-folding
+    notes and nn.LSTM's size checks seen by the tracer: every caller verifies the exported graph
+    against PyTorch (several B and T, or many steps), which raises instead of warning.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        yield
 
 
 def verify_onnx(

@@ -32,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,14 @@ from app.core.contract import (
     ModelContract,
 )
 from app.core.types import FloatArray
-from model_export.export import ExportError, ExportModule, _store_initializers_fp16, sample_raw_features
+from model_export.export import (
+    ExportError,
+    ExportModule,
+    _store_initializers_fp16,
+    atomic_path,
+    legacy_exporter_quiet,
+    sample_raw_features,
+)
 from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig
 from model_export.smoothing import Smoothing
 
@@ -189,17 +194,8 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
     inputs = [INPUT_NAME, *names]
     outputs = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in names)]
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings():
-            # The legacy exporter's notices (see export.export_checkpoint); verify_step checks the graph.
-            warnings.simplefilter("ignore", category=DeprecationWarning)
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+    with atomic_path(out) as tmp:
+        with legacy_exporter_quiet():  # verify_step checks the graph
             torch.onnx.export(
                 step,
                 dummy,
@@ -217,10 +213,6 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
         proto.graph.doc_string = doc or "single-step graph"
         onnx.checker.check_model(proto)
         onnx.save(proto, os.fspath(tmp))
-        tmp.chmod(0o644)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -398,10 +390,9 @@ def add_step_graph(sequence_path: str | os.PathLike[str], *, steps: int = VERIFY
     module, contract = recover_export_module(seq)
     step = StepModule(module).eval()
     target = step_file_for(seq)
-    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # The step file lands first, then the sequence graph that names it (its digest): a crash between
+    # the two leaves the old sequence graph, which refuses the new step file by its SHA-256.
+    with atomic_path(target) as tmp:
         export_step(step, tmp, doc=f"single-step graph of {seq.name}")
         diff = verify_step(tmp, seq, contract, steps=steps)
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
@@ -411,16 +402,6 @@ def add_step_graph(sequence_path: str | os.PathLike[str], *, steps: int = VERIFY
         proto.metadata_props.extend(kept)
         record = {"file": target.name, "sha256": digest, "parity": float(f"{diff:.3g}"), "steps": steps}
         proto.metadata_props.append(onnx.StringStringEntryProto(key=STEP_MODEL_KEY, value=json.dumps(record)))
-        tmp.replace(target)
-        fd2, seq_tmp_name = tempfile.mkstemp(prefix=seq.name + ".", suffix=".tmp", dir=seq.parent)
-        os.close(fd2)
-        seq_tmp = Path(seq_tmp_name)
-        try:
-            onnx.save(proto, os.fspath(seq_tmp))
-            seq_tmp.chmod(0o644)
-            seq_tmp.replace(seq)
-        finally:
-            seq_tmp.unlink(missing_ok=True)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(seq) as seq_tmp:
+        onnx.save(proto, os.fspath(seq_tmp))
     return target, diff

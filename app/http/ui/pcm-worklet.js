@@ -1,9 +1,11 @@
-// AudioWorklet: hands the microphone's first channel to the page in pieces of about 100 ms
-// (the audio thread delivers 128 samples at a time; one WebSocket message per 128 would be ~375/s).
+// AudioWorklet: hands the microphone's first channel to the page in pieces of 20 ms. The audio thread
+// delivers 128 samples at a time (one WebSocket message per 128 would be ~375/s); larger pieces add
+// latency: the server's resampler holds back its filter's tail until the next piece arrives, so a
+// frame waits for one more piece (bench/stream.py: ~110 ms with 100 ms pieces, ~27 ms with 20 ms).
 class PcmTap extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.size = Math.round(sampleRate / 10);
+    this.size = Math.round(sampleRate / 50);
     this.buffer = new Float32Array(this.size);
     this.filled = 0;
   }
