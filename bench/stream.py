@@ -140,6 +140,9 @@ def _latencies(run: StreamRun, hop_s: float) -> tuple[list[float], list[float]]:
 async def _cell(url: str, audio: np.ndarray, cell: Cell) -> dict[str, Any]:
     start = time.perf_counter() + 0.2
     runs = await asyncio.gather(*(_one_stream(url, audio, cell, start) for _ in range(cell.streams)))
+    # Seconds of audio turned into frames per wall-clock second, over all the cell's streams.
+    wall = max(run.frames[-1][1] for run in runs) - start
+    throughput = cell.streams * len(audio) / CLIENT_RATE / wall
     from_window: list[float] = []
     from_needed: list[float] = []
     for run in runs:
@@ -156,6 +159,7 @@ async def _cell(url: str, audio: np.ndarray, cell: Cell) -> dict[str, Any]:
         "piece_ms": cell.piece_ms,
         "frames": len(from_window),
         "frames_expected": expected * cell.streams,
+        "audio_s_per_s": round(throughput, 1),
         "from_last_sample_ms": {
             "p50": float(np.median(w)),
             "p99": float(np.percentile(w, 99)),
@@ -280,7 +284,8 @@ def _cell_line(r: dict[str, Any]) -> str:
     w, n = r["from_last_sample_ms"], r["from_needed_sample_ms"]
     return (
         f"  {r['speed']:>4g}x {r['streams']:>2} stream(s) {r['piece_ms']:>3} ms msgs: "
-        f"{r['frames']:>4}/{r['frames_expected']} frames; last sample -> frame p50 {w['p50']:6.1f} "
+        f"{r['frames']:>4}/{r['frames_expected']} frames, {r['audio_s_per_s']:5.1f} audio s/s; "
+        f"last sample -> frame p50 {w['p50']:6.1f} "
         f"p99 {w['p99']:6.1f} ms; needed sample -> frame p50 {n['p50']:6.1f} p99 {n['p99']:6.1f} "
         f"max {n['max']:6.1f} ms"
     )
@@ -317,7 +322,7 @@ def main() -> int:
     parser.add_argument(
         "--cells",
         nargs="+",
-        default=["1x1@20", "1x1@100", "1x8@20", "20x1@20", "20x4@20"],
+        default=["1x1@20", "1x1@100", "1x8@20", "20x1@20", "10x4@20", "20x4@20"],
         help="SPEEDxSTREAMS@MESSAGE_MS cells",
     )
     parser.add_argument(
