@@ -96,7 +96,7 @@ function niceStep(span, target) {
 function drawTimeline() {
   const c = $("timeline");
   const g = c.getContext("2d");
-  const left = 44, right = 12, top = 12, bottom = 30;
+  const left = 44, right = 24, top = 12, bottom = 30;
   const w = c.width - left - right, h = c.height - top - bottom;
   const end = Math.max(state.duration, state.frames.length * state.hop, 10);
   const x = (t) => left + (t / end) * w;
@@ -149,6 +149,11 @@ function drawPlane() {
   g.fillText("valence →", mid, pad + size + 6);
   g.save(); g.translate(12, mid); g.rotate(-Math.PI / 2); g.textBaseline = "middle"; g.fillText("arousal →", 0, 0); g.restore();
   const n = state.frames.length;
+  // The trajectory: consecutive frames joined, under the dots.
+  g.strokeStyle = "rgba(90, 40, 140, 0.25)"; g.lineWidth = 1;
+  g.beginPath();
+  state.frames.forEach((f, i) => (i === 0 ? g.moveTo(px(f.valence), py(f.arousal)) : g.lineTo(px(f.valence), py(f.arousal))));
+  g.stroke();
   state.frames.forEach((f, i) => {
     // Early frames light, late frames dark: the path of the piece through the plane.
     const shade = n > 1 ? i / (n - 1) : 1;
