@@ -252,11 +252,19 @@ async function startListening() {
     return;
   }
   const context = new AudioContext();
-  await context.audioWorklet.addModule("/ui/pcm-worklet.js");
-  const tap = new AudioWorkletNode(context, "pcm-tap");
-  const mute = context.createGain();
-  mute.gain.value = 0; // pulled by the graph, but nothing is played back
-  context.createMediaStreamSource(media).connect(tap).connect(mute).connect(context.destination);
+  let tap;
+  try {
+    await context.audioWorklet.addModule("/ui/pcm-worklet.js");
+    tap = new AudioWorkletNode(context, "pcm-tap");
+    const mute = context.createGain();
+    mute.gain.value = 0; // pulled by the graph, but nothing is played back
+    context.createMediaStreamSource(media).connect(tap).connect(mute).connect(context.destination);
+  } catch (err) {
+    media.getTracks().forEach((t) => t.stop());
+    context.close();
+    setStatus("error", `Cannot capture audio: ${err.message}`);
+    return;
+  }
 
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(`${scheme}//${location.host}/v1/stream`);
@@ -326,7 +334,13 @@ async function stopListening() {
   }
 }
 
-$("mic").addEventListener("click", () => (state.live ? stopListening() : startListening()));
+let starting = false;
+$("mic").addEventListener("click", async () => {
+  if (state.live) { stopListening(); return; }
+  if (starting) return; // a second click while the microphone permission prompt is open
+  starting = true;
+  try { await startListening(); } finally { starting = false; }
+});
 
 // --- start --------------------------------------------------------------------------------------------
 
