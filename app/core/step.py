@@ -1,7 +1,8 @@
 """A model's single-step graph: one frame of raw features and the state in, one prediction and the state out.
 
 Written by ``python -m model_export step`` (or ``export``) beside the sequence graph and named in its
-metadata (``mer.step_model``: file, SHA-256); see ``model_export.step`` for what the state holds. This
+metadata (``mer.step_model``: file, SHA-256), and found beside it as ``<model>.step.onnx`` or under the
+recorded name (the digest decides); see ``model_export.step`` for what the state holds. This
 module reads the state's names and shapes from the graph itself, so it knows nothing of the
 architecture: a stream starts from :meth:`StepModel.initial_state` (zeros) and threads the returned state
 through its frames.
