@@ -85,3 +85,34 @@ def test_long_song_benchmark_runs_every_part(tmp_path: Path) -> None:
     assert re.search(r"1 worker [\d.]+ s, 2 workers [\d.]+ s: [\d.]+x faster", out)
     assert re.search(r"beside a 40 s song [\d.]+ s", out)
     assert re.search(r"memory, 40 s song .* idle \d+ MiB, peak \d+ MiB \(\+\d+\)", out)
+
+
+def test_stream_benchmark_measures_latency_and_the_running_gain(tmp_path: Path) -> None:
+    from model_export.real_music import PACKAGES
+    from model_export.testing import export_tiny_model
+    from tests.test_real_music import _deb
+
+    model = export_tiny_model(tmp_path, step=True)
+    # Fake Debian packages in the real layout (the running-gain part reads them like the real ones).
+    songs = "usr/share/games/fretsonfire/data/songs/muldjord"
+    _deb(tmp_path, PACKAGES[0], {f"{songs}/storm/song.ogg": 12.0, f"{songs}/storm/guitar.ogg": 12.0})
+    _deb(tmp_path, PACKAGES[1], {"usr/share/scummvm/drascula/en/track2.ogg": 21.0})
+    out = tmp_path / "stream.json"
+    cmd = [sys.executable, str(REPO / "bench" / "stream.py"), "--model", str(model), "--synthetic"]
+    cmd += ["--cells", "4x1@20", "2x2@100", "--seconds", "2", "--max-seconds", "6"]
+    cmd += ["--cache", str(tmp_path / "cache"), "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    assert re.search(r"2x 2 stream\(s\) 100 ms: [\d.]+x", result.stdout)  # the same-run ratio
+    data = json.loads(out.read_text())
+    fast, pair = data["latency"]["cells"]
+    assert (fast["speed"], fast["streams"], fast["piece_ms"]) == (4.0, 1, 20)
+    assert fast["frames"] == fast["frames_expected"] == 12  # 6 s of audio (2 s x 4, capped at 6)
+    assert pair["frames"] == pair["frames_expected"] == 2 * 8
+    for cell in (fast, pair):
+        assert 0 < cell["from_needed_sample_ms"]["p50"] <= cell["from_last_sample_ms"]["p50"]
+    gain = data["running_gain"]
+    assert [t["track"] for t in gain["tracks"]] == ["fof/storm", "drascula/track2"]
+    assert gain["pooled"]["all"]["frames"] == 24 + 42
+    # A live stream with its running gain is close to, but not exactly, the offline prediction.
+    mean = gain["pooled"]["all"]["live_vs_served"]["mean"]
+    assert all(0 <= m < 0.2 for m in mean)
