@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # an inner middleware refuses (401, 413) are labelled too. It gets the routers' own routes: FastAPI
     # may keep an included router as one opaque route without a path.
     templates = [r for r in app.router.routes if hasattr(r, "path")]
-    templates += [r for router in (v1.router, ops.router, v2.router, ui.router) for r in router.routes]
+    routers = (v1.router, ops.router, v2.router, *((ui.router,) if settings.ui else ()))
+    templates += [r for router in routers for r in router.routes]
     install_error_handlers(app)
     # Added innermost first: metrics see every response, CORS headers reach error responses, the key
     # is checked before the body is read, and the body limit applies to every route.

@@ -59,10 +59,10 @@ class StreamHub:
 
     Args:
         step: The model's step graph (``None``: the model has none, streams are refused).
-        step_problem: Why the model's step graph is not loaded, said to clients that open a stream.
         extractor: The service's feature extractor.
         settings: The stream limits.
         metrics: Streams open, frames sent, per-frame latency.
+        step_problem: Why the model's step graph is not loaded, said to clients that open a stream.
     """
 
     def __init__(
