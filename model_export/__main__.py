@@ -158,6 +158,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--input-noise", type=float, default=0.0, help="std of Gaussian noise on standardised training inputs"
     )
     p.add_argument(
+        "--weight-average",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and keep an exponential moving average of the weights with this decay per update",
+    )
+    p.add_argument(
         "--model-option",
         action="append",
         default=[],
@@ -186,6 +193,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         clip_crop_frames=args.clip_crop_frames,
         input_noise=args.input_noise,
         lr_choices=tuple(args.lr_choices),
+        weight_average=args.weight_average,
     )
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from app.core.contract import OUTPUTS
 from app.core.types import FloatArray
@@ -99,6 +100,10 @@ class TrainConfig:
             training batch (0: none); a regulariser for 6373 inputs and a few hundred clips.
         lr_choices: Learning rates to try in each CV fold, keeping the one with the lowest
             validation loss (empty: ``lr`` only). Gives every model the same small tuning budget.
+        weight_average: If > 0, the decay of an exponential moving average of the weights, updated
+            after every step (0.995: a time constant of 200 updates, ~3 epochs of VGMIDI + 4Q). Validation,
+            early stopping and the returned model use the average; the optimiser's own trajectory is
+            unchanged. The model and its graph stay the same (only its weights differ).
     """
 
     preset: str = "LSTM_AT_400"
@@ -124,12 +129,15 @@ class TrainConfig:
     clip_crop_frames: int = 0
     input_noise: float = 0.0
     lr_choices: tuple[float, ...] = ()
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
             raise ValueError(f"clip_loss must be one of {CLIP_LOSSES}, not {self.clip_loss!r}")
         if not 0.0 < self.clip_target <= 1.0 or self.clip_weight < 0:
             raise ValueError("clip_target must be in (0, 1] and clip_weight >= 0")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError("weight_average must be in [0, 1)")
 
     def model_config(self, num_features: int) -> ModelConfig:
         """The model configuration this run trains."""
@@ -401,6 +409,17 @@ def _train(
     model_cfg = cfg.model_config(int(normaliser.mean.shape[0]))
     model = build_model(model_cfg, seed=cfg.seed)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The averaged copy only watches the optimiser's trajectory; it is what validation scores.
+    averaged = (
+        AveragedModel(
+            model,
+            multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_average),  # type: ignore[no-untyped-call]
+            use_buffers=True,
+        )
+        if cfg.weight_average
+        else None
+    )
+    scored: nn.Module = model if averaged is None else averaged.module
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, float]] = []
     best, best_epoch, best_state, stale = math.inf, 0, copy.deepcopy(model.state_dict()), 0
@@ -425,10 +444,12 @@ def _train(
             loss = num / den
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             weight = float(mask.sum())
             train_se += float(loss.detach()) * weight
             train_n += weight
-        val = evaluate_loss(model, val_seqs, cfg.batch_size, cfg) if val_seqs else train_se / train_n
+        val = evaluate_loss(scored, val_seqs, cfg.batch_size, cfg) if val_seqs else train_se / train_n
         history.append(
             {"epoch": epoch, "train_mse": train_se / train_n, "val_mse": val, "s": time.perf_counter() - t0}
         )
@@ -438,7 +459,7 @@ def _train(
             )
         if val < best - cfg.min_delta:
             best, best_epoch, stale = val, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         else:
             stale += 1
             if stale >= cfg.patience:

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from app.core.contract import FeatureConfig, ModelContract
 from model_export.evaluate import metrics
@@ -367,3 +368,40 @@ def test_input_noise_is_seeded_and_changes_training() -> None:
     c = train(_cfg(epochs=2), feats, targs, vf, vt, progress=False)
     assert _same_weights(a.model, b.model)
     assert not _same_weights(a.model, c.model)
+
+
+def test_weight_average_is_the_ema_of_the_unchanged_trajectory_at_the_best_epoch() -> None:
+    feats, targs = _toy(6, 0)
+    vf, vt = _toy(3, 1)
+    snapshots: list[list[torch.Tensor]] = []
+
+    def record(optimiser: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        snapshots.append([p.detach().clone() for g in optimiser.param_groups for p in g["params"]])
+
+    def run(**kw: object) -> tuple[torch.nn.Module, int, list[list[torch.Tensor]]]:
+        snapshots.clear()
+        handle = register_optimizer_step_post_hook(record)
+        try:
+            res = train(_cfg(epochs=6, batch_size=2, **kw), feats, targs, vf, vt, progress=False)
+        finally:
+            handle.remove()
+        return res.model, res.best_epoch, list(snapshots)
+
+    plain, _, raw = run()
+    decay = 0.8
+    averaged, best_epoch, raw_averaged = run(weight_average=decay)
+    # Averaging only watches: the optimiser's steps are exactly those of the plain run.
+    assert len(raw) >= len(raw_averaged) > 0
+    for a, b in zip(raw, raw_averaged, strict=False):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # The returned weights are the EMA (first step copied) after the best epoch's last step.
+    steps = best_epoch * 3  # 6 training clips, 2 per update
+    ema = [p.clone() for p in raw_averaged[0]]
+    for snap in raw_averaged[1:steps]:
+        for e, p in zip(ema, snap, strict=True):
+            e.mul_(decay).add_(p, alpha=1 - decay)
+    for e, p in zip(ema, averaged.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-6)
+    assert not _same_weights(plain, averaged)
+    with pytest.raises(ValueError, match="weight_average"):
+        _cfg(weight_average=1.0)
