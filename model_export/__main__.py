@@ -262,6 +262,8 @@ def cmd_joint_cv(args: argparse.Namespace) -> int:
     """The joint protocol: CV over a clip-labelled dataset, always training on a frame-labelled one too."""
     clip_spec = _clip_spec(args)
     assert clip_spec is not None  # required arguments
+    if args.train_folds is not None and not all(1 <= f <= args.folds for f in args.train_folds):
+        raise SystemExit(f"--train-folds takes fold numbers 1..{args.folds}, got {args.train_folds}")
     _, doc = pipeline.joint_cv(
         _data_spec(args),
         clip_spec,
@@ -275,6 +277,7 @@ def cmd_joint_cv(args: argparse.Namespace) -> int:
         smoothing=_smoothing(args),
         probe=args.probe,
         train_missing=not args.report_only,
+        train_folds=None if args.train_folds is None else [f - 1 for f in args.train_folds],
     )
     keys = ("quadrant_accuracy", "macro_f1")
     summary = [{"model": r["model"], **{k: (r.get("clip") or {}).get(k) for k in keys}} for r in doc["rows"]]
@@ -418,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
     p.add_argument("--probe", action="store_true", help="add the linear probe's row (same folds)")
+    p.add_argument(
+        "--train-folds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="train only these folds (1..k, as the log numbers them) if missing; two processes can "
+        "split a CV this way and share OUT/folds",
+    )
     p.add_argument(
         "--report-only", action="store_true", help="train nothing: a report of the folds stored in OUT/folds"
     )

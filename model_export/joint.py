@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,7 @@ def cross_validate_joint(
     folds_to_run: int | None = None,
     state_dir: Path | None = None,
     train_missing: bool = True,
+    train_folds: Collection[int] | None = None,
 ) -> JointCVResult:
     """Run (or restore) the joint protocol's folds; see the module docstring.
 
@@ -249,6 +250,8 @@ def cross_validate_joint(
         folds_to_run: Run only the first N folds.
         state_dir: Where finished folds are stored and found again.
         train_missing: Train the folds that are not stored (False: restore the stored ones only).
+        train_folds: Train only these folds (0-based) when they are not stored; the others are restored
+            if stored and left out if not. Lets two processes share one CV, each training its own folds.
 
     Returns:
         The predictions of every fold that ran or was restored, rounded to float16 as stored.
@@ -284,7 +287,7 @@ def cross_validate_joint(
         if path is not None and path.exists():
             stored = _load_fold(path)
             log.info("%s fold %d/%d restored from %s", name, f + 1, k, path)
-        elif not train_missing:
+        elif not train_missing or (train_folds is not None and f not in train_folds):
             continue
         else:
             test_clips = [clips[i] for i in fold.clip_test]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -312,6 +312,7 @@ def joint_cv(
     smoothing: Smoothing | None = None,
     probe: bool = False,
     train_missing: bool = True,
+    train_folds: Collection[int] | None = None,
 ) -> tuple[list[JointCVResult], dict[str, Any]]:
     """The joint protocol (:mod:`model_export.joint`) for each configuration, and its report.
 
@@ -331,6 +332,7 @@ def joint_cv(
         smoothing: Also report each configuration with this output smoothing (an extra row).
         probe: Add the linear probe's row (:func:`model_export.baseline.clip_probe_cv`, same folds).
         train_missing: Train the folds that are not stored (False: a report of the stored ones).
+        train_folds: Train only these missing folds (0-based); see :func:`cross_validate_joint`.
 
     Returns:
         The results and the report's JSON content.
@@ -348,6 +350,7 @@ def joint_cv(
             folds_to_run=folds_to_run,
             state_dir=out / "folds",
             train_missing=train_missing,
+            train_folds=train_folds,
         )
         for cfg in configs
     ]

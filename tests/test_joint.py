@@ -125,6 +125,24 @@ def test_stored_folds_rebuild_the_report_without_training(
     assert "LSTM_NAT_400" not in rows
 
 
+def test_a_cv_split_over_two_runs_with_train_folds_equals_one_run(joint_run: tuple[Path, list[str]]) -> None:
+    tmp, args = joint_run
+    out = tmp / "split"
+    split = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    assert main([*split, "--train-folds", "2"]) == 0
+    assert [f.name.rsplit("_", 1)[-1] for f in (out / "folds").glob("*.npz")] == ["fold1.npz"]
+    assert json.loads((out / "report.json").read_text())["rows"][3]["folds"] == "1/2"
+    assert main([*split, "--train-folds", "1"]) == 0  # trains fold 1, restores fold 2
+    assert len(list((out / "folds").glob("*.npz"))) == 2
+    whole = json.loads((tmp / "report" / "report.json").read_text())["rows"][3]
+    parts = json.loads((out / "report.json").read_text())["rows"][3]
+    assert parts["folds"] == "2/2"
+    assert parts["clip"] == whole["clip"]
+    assert parts["frame_per_fold"] == whole["frame_per_fold"]
+    with pytest.raises(SystemExit, match=r"1\.\.2"):
+        main([*split, "--train-folds", "3"])
+
+
 def test_train_on_both_kinds_of_labels_records_both_datasets(
     joint_run: tuple[Path, list[str]], fourq_tree: Path
 ) -> None:
