@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime threads per inference (0: all cores)."
     )
     inter_op_threads: int = Field(default=1, ge=0, description="ONNX Runtime inter-operator threads.")
+    infer_slice_frames: int = Field(
+        default=240,  # app.core.predictor.DEFAULT_SLICE_FRAMES (a test keeps the two equal)
+        ge=0,
+        description="Clips longer than this many frames run through the model's step graph in slices of "
+        "this length (state carried across), so a long song's inference memory is that of this many "
+        "frames; 0: always the whole clip at once.",
+    )
     warmup: bool = Field(default=True, description="Run the model once at start-up before reporting ready.")
     pool_workers: int = Field(
         default=0, ge=0, description="Threads decoding audio and extracting features (0: one per core)."

@@ -15,7 +15,11 @@ model's analysis rate. Four parts, each printing same-run figures:
    is being processed (a long song must not hold the pool).
 4. **Memory**: a fresh server's resident memory when idle (after one 30 s request) and its peak
    (``VmHWM``, reset through ``/proc/PID/clear_refs`` before the request) while it answers one
-   10-minute song (a real song looped, 44.1 kHz stereo Ogg Vorbis as a user would send it).
+   10-minute song (a real song looped, 44.1 kHz stereo Ogg Vorbis as a user would send it), for each
+   ``--slice-frames`` value (``MER_INFER_SLICE_FRAMES``: 0 runs the whole clip through the sequence
+   graph, N > 0 runs a longer clip through the step graph in slices of N frames); and, in this
+   process, the inference time of that song's features each way (medians) and the largest difference
+   between the two outputs.
 
 ``--compare-model`` runs parts 3 and 4 for a second model too (e.g. the one-pass 2.0.0 from git), so
 the ratios are same-run. Run: ``python bench/long_song.py`` (``make bench-long``).
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import statistics
@@ -120,8 +125,11 @@ def extraction_speed(signal: np.ndarray, config: FeatureConfig, repeats: int) ->
 
 
 @contextlib.contextmanager
-def server(model: Path, workers: int) -> Iterator[tuple[str, int]]:
-    """A real uvicorn on loopback serving ``model`` with ``workers`` pool threads: (url, pid)."""
+def server(model: Path, workers: int, slice_frames: int | None = None) -> Iterator[tuple[str, int]]:
+    """A real uvicorn on loopback serving ``model`` with ``workers`` pool threads: (url, pid).
+
+    ``slice_frames`` sets ``MER_INFER_SLICE_FRAMES`` (None: the service's default).
+    """
     import socket
 
     with socket.socket() as s:
@@ -129,6 +137,8 @@ def server(model: Path, workers: int) -> Iterator[tuple[str, int]]:
         port = int(s.getsockname()[1])
     env = {**os.environ, "MER_MODEL_PATH": str(model), "MER_POOL_WORKERS": str(workers)}
     env |= {"MER_LOG_LEVEL": "warning", "MER_REQUEST_TIMEOUT_S": "600", "MALLOC_ARENA_MAX": "2"}
+    if slice_frames is not None:
+        env["MER_INFER_SLICE_FRAMES"] = str(slice_frames)
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
@@ -186,15 +196,46 @@ def status_mib(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
-def memory(model: Path, short: bytes, long: bytes) -> dict[str, float]:
+def memory(model: Path, short: bytes, long: bytes, slice_frames: int) -> dict[str, float]:
     """Part 4: idle resident memory and the peak while answering one 10-minute song (MiB)."""
-    with server(model, 2) as (url, pid):
+    with server(model, 2, slice_frames) as (url, pid):
         post(url, short, "short.flac")
         time.sleep(1.0)
         idle = status_mib(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         post(url, long, "long.ogg")
         return {"idle": idle, "peak": status_mib(pid, "VmHWM"), "after": status_mib(pid, "VmRSS")}
+
+
+def inference_slices(
+    model: Path, long: bytes, slice_frames: list[int], repeats: int, peaks: dict[int, float]
+) -> None:
+    """Part 4, in this process: the long song's inference each way, medians, and their difference."""
+    base = Predictor.load(model, providers="cpu", intra_op_threads=1, slice_frames=0)
+    x = (
+        FeatureExtractor(base.contract.features)
+        .extract(decode(long, base.contract.features.sample_rate))
+        .values
+    )
+    outputs: dict[int, np.ndarray] = {}
+    times: dict[int, float] = {}
+    for frames in slice_frames:
+        predictor = Predictor.load(model, providers="cpu", intra_op_threads=1, slice_frames=frames)
+        outputs[frames] = predictor.predict(x)
+        times[frames] = median_seconds(functools.partial(predictor.predict, x), repeats)
+        how = "slices" if predictor.slices_for(len(x)) else "whole clip"
+        print(
+            f"  inference of its {len(x)} frames, MER_INFER_SLICE_FRAMES={frames} ({how}): "
+            f"{times[frames]:.3f} s"
+        )
+    first = slice_frames[0]
+    for frames in slice_frames[1:]:
+        print(
+            f"  MER_INFER_SLICE_FRAMES={frames} vs {first}: inference "
+            f"{times[first] / times[frames]:.2f}x faster, "
+            f"peak memory +{peaks[frames]:.0f} vs +{peaks[first]:.0f} MiB, "
+            f"max |dy| {float(np.max(np.abs(outputs[frames] - outputs[first]))):.1e}"
+        )
 
 
 def main() -> int:
@@ -207,6 +248,13 @@ def main() -> int:
     p.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3, 4])
     p.add_argument("--song-s", type=float, default=SONG_S, help="length of the song of parts 2 and 3")
     p.add_argument("--long-s", type=float, default=LONG_S, help="length of the long song of parts 3 and 4")
+    p.add_argument(
+        "--slice-frames",
+        nargs="+",
+        type=int,
+        default=[0, 240],
+        help="MER_INFER_SLICE_FRAMES values of part 4",
+    )
     p.add_argument(
         "--synthetic", action="store_true", help="synthesised music instead of the Debian recordings (tests)"
     )
@@ -291,12 +339,16 @@ def main() -> int:
                 f"{s['short_beside_long']:.2f} s (long song still running: {bool(s['long_still_running'])})"
             )
         if 4 in args.parts:
-            m = memory(model, short_body, long_body)
-            print(
-                f"\n{model.name}: memory, {long_s:.0f} s song ({len(long_body) / 2**20:.1f} MiB Ogg): "
-                f"idle {m['idle']:.0f} MiB, peak {m['peak']:.0f} MiB (+{m['peak'] - m['idle']:.0f}), "
-                f"after {m['after']:.0f} MiB"
-            )
+            peaks = {}
+            for frames in args.slice_frames:
+                m = memory(model, short_body, long_body, frames)
+                peaks[frames] = m["peak"] - m["idle"]
+                print(
+                    f"\n{model.name}: memory, {long_s:.0f} s song ({len(long_body) / 2**20:.1f} MiB Ogg), "
+                    f"MER_INFER_SLICE_FRAMES={frames}: idle {m['idle']:.0f} MiB, peak {m['peak']:.0f} MiB "
+                    f"(+{m['peak'] - m['idle']:.0f}), after {m['after']:.0f} MiB"
+                )
+            inference_slices(model, long_body, args.slice_frames, args.repeats, peaks)
     return 0
 
 

@@ -345,7 +345,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_step(args: argparse.Namespace) -> int:
-    """Write (or rewrite) the single-step graph of an exported model beside it and name it in its metadata."""
+    """Write (or rewrite) the step graph of an exported model beside it and name it in its metadata."""
     from model_export.step import add_step_graph
 
     t0 = time.perf_counter()
@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL=REPORT",
         help="another CV report.json shown in the card's before/after table (repeatable)",
     )
-    p = sub.add_parser("step", help="add the single-step graph (live streams) beside an exported model")
+    p = sub.add_parser("step", help="add the step graph (streams, slices of long clips) beside a model")
     p.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx", help="ONNX model")
     p.add_argument(
         "--steps", type=int, default=1200, help="frames of the parity check against the sequence graph"

@@ -436,7 +436,7 @@ def export_with_card(
         joint_report: ``report.json`` of the joint (clip-level) CV behind the model, for the card.
 
     Returns:
-        The written ONNX path (its single-step graph is written beside it, see
+        The written ONNX path (its step graph is written beside it, see
         :func:`model_export.step.add_step_graph`).
     """
     from model_export.card import CARD_KEY, build_card, card_metrics, load_report, render_markdown
@@ -471,7 +471,7 @@ def export_with_card(
         fp16=fp16,
         smoothing=smoothing,
     )
-    # The live stream's single-step graph, built from the exported weights and verified against them.
+    # The step graph (streams, slices of long clips), built from the exported weights and checked.
     add_step_graph(path)
     if card_path is not None:
         card_path.parent.mkdir(parents=True, exist_ok=True)

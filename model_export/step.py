@@ -1,20 +1,24 @@
-"""The stateful single-step graph beside the sequence graph: one 500 ms frame in, one prediction out.
+"""The stateful step graph beside the sequence graph: a slice of frames and the state in, predictions out.
 
 The sequence graph (:mod:`model_export.export`) maps a whole clip ``(B, T, F)`` to ``(B, T, O)``. A live
-stream has one new frame every 500 ms and must not recompute its past, so every exported model can have a
-sibling *step graph* with the same weights that carries the recurrence's state explicitly:
+stream has one new frame every 500 ms and must not recompute its past, and a long song need not hold its
+whole ``(T, F)`` normalised input at once, so every exported model can have a sibling *step graph* with
+the same weights that carries the recurrence's state explicitly across slices of a clip:
 
-* inputs ``features`` (B, F) (raw features of one frame) and the state tensors, outputs ``emotion``
-  (B, O) and, for each state input ``s``, ``s_next``;
+* inputs ``features`` (B, S, F) (raw features of S >= 1 consecutive frames; S = 1 for a live stream)
+  and the state tensors, outputs ``emotion`` (B, S, O) and, for each state input ``s``, ``s_next``;
 * the state: each LSTM layer's ``h{i}`` and ``c{i}``, the attention window's past top-layer states
   ``past_h`` (B, W, H; most recent first; AT only), the output recurrence's ``y_prev`` (B, O), the
-  smoother's past raw outputs ``past_y`` (B, taps - 1, O) and ``frames`` (B, 1), the number of steps
-  taken (clamped at ``max(W, taps)``: all the masks need), all zero at the start of a stream.
+  smoother's past raw outputs ``past_y`` (B, taps - 1, O) and ``frames`` (B, 1), the number of frames
+  seen (clamped at ``max(W, taps)``: all the masks need), all zero at the start of a clip.
 
-Step t computes exactly what frame t of the sequence graph computes (the same ONNX ``LSTM``/``RNN``
-operators with initial states, the same attention scores over the same W past states with the same
-masks, the same truncated, renormalised exponential smoothing), so the two agree to float rounding;
-:func:`verify_step` checks it over 1 200 steps (parity tolerance :data:`STEP_PARITY_TOLERANCE`).
+A slice computes exactly what the same frames of the sequence graph compute (the same ONNX
+``LSTM``/``RNN`` operators with initial states, the same attention scores over the same W past states
+with the same masks and the same banded product, the same truncated, renormalised exponential
+smoothing), so the two agree to float rounding for any way of cutting a clip into slices;
+:func:`verify_step` checks it over 1 200 frames, one frame at a time and in uneven slices (parity
+tolerance :data:`STEP_PARITY_TOLERANCE`). Graphs written before slices existed take ``(B, F)`` one frame
+at a time; ``app.core.step`` still runs them for streams.
 
 The server needs nothing architecture-specific: the state inputs, their shapes and their ``_next``
 outputs are read from the step graph itself (``app.core.step``). The sequence model's metadata names the
@@ -30,9 +34,10 @@ ONNX file itself.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +65,7 @@ from model_export.export import (
     legacy_exporter_quiet,
     sample_raw_features,
 )
-from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig
+from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig, _banded_context
 from model_export.smoothing import Smoothing
 
 __all__ = [
@@ -69,6 +74,7 @@ __all__ = [
     "add_step_graph",
     "export_step",
     "recover_export_module",
+    "run_slices",
     "step_file_for",
     "verify_step",
 ]
@@ -80,7 +86,7 @@ VERIFY_STEPS = 1200
 
 
 class StepModule(nn.Module):
-    """One frame of an :class:`~model_export.export.ExportModule`, with its state in and out.
+    """Slices of frames of an :class:`~model_export.export.ExportModule`, with its state in and out.
 
     Args:
         export_module: The sequence module (normaliser, model, optional smoother) whose weights it uses.
@@ -120,53 +126,61 @@ class StepModule(nn.Module):
         return shapes
 
     def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        """One step.
+        """A slice of S >= 1 consecutive frames (S = 1 for a live stream's frame).
 
         Args:
-            features: Raw features of one frame, (B, F).
-            *state: The state tensors in :meth:`state_shapes` order.
+            features: Raw features of the slice's frames, (B, S, F).
+            *state: The state tensors in :meth:`state_shapes` order, as left by the previous slice.
 
         Returns:
-            ``(emotion (B, O), *next_state)`` in the same order.
+            ``(emotion (B, S, O), *next_state)`` in the same order.
         """
         names = list(self.state_shapes())
         s = dict(zip(names, state, strict=True))
         model: EmotionRNN = self.inner.model
-        x = self.inner.normaliser(features)[:, None, :]  # (B, 1, F)
+        x = self.inner.normaliser(features)  # (B, S, F)
         out: dict[str, Tensor] = {}
         for i, lstm in enumerate(model.encoder):
             x, (h, c) = lstm(x, (s[f"h{i}"][None], s[f"c{i}"][None]))
             out[f"h{i}"], out[f"c{i}"] = h[0], c[0]
-        h_t = x[:, 0]  # (B, H), the top layer's state at this frame
-        frames = s["frames"]
-        z = h_t
+        hs = x  # (B, S, H), the top layer's states over the slice
+        frames = s["frames"]  # (B, 1): frames before the slice, clamped at the horizon
+        # Frames before each of the slice's frames: frames + j. Built from hs's shape so the tracer
+        # records a shape-dependent op and S stays dynamic.
+        seen = frames + torch.cumsum(torch.ones_like(hs[..., 0]), dim=1) - 1.0  # (B, S)
+        z = hs
         if model.attention is not None:
-            past = s["past_h"]  # (B, W, H): past[:, d-1] = h_{t-d}
+            w = self.window
             att = model.attention
-            valid = frames >= self.offsets[: self.window]  # (B, W): a real frame stands behind slot d
-            query = att.query(past[:, 0])  # W_a h_{t-1} + b
-            e = att.score(torch.sigmoid(query[:, None, :] + att.key(past))).squeeze(-1)
-            e = e.masked_fill(~valid, _MASKED_SCORE)
+            # Oldest first, as the sequence graph pads: states[:, w + j] = h_j of the slice, and the
+            # window's past before it (zeros where the clip had no frame yet, masked below).
+            states = torch.cat([torch.flip(s["past_h"], dims=[1]), hs], dim=1)  # (B, W + S, H)
+            query = att.query(states[:, w - 1 : -1])  # W_a h_{t-1} + b for every frame of the slice
+            keys = att.key(states)
+            valid = seen[..., None] >= self.offsets[:w]  # (B, S, W): a real frame stands behind slot d
+            scores = [
+                att.score(torch.sigmoid(query + keys[:, w - d : -d])).squeeze(-1) for d in range(1, w + 1)
+            ]
+            e = torch.stack(scores, dim=-1).masked_fill(~valid, _MASKED_SCORE)
             alpha = torch.softmax(e, dim=-1) * valid  # all masked at t = 0: c_0 = 0
-            context = torch.bmm(alpha[:, None, :], past)[:, 0]
-            z = torch.cat([h_t, context], dim=-1)
-            out["past_h"] = torch.cat([h_t[:, None], past[:, :-1]], dim=1)
+            z = torch.cat([hs, _banded_context(alpha, states)], dim=-1)
+            out["past_h"] = torch.flip(states[:, -w:], dims=[1])
         if model.output_rnn is not None:
-            y_seq, _ = model.output_rnn(z[:, None], s["y_prev"][None])
-            y = y_seq[:, 0]
-            out["y_prev"] = y
+            y, _ = model.output_rnn(z, s["y_prev"][None])  # (B, S, O)
+            out["y_prev"] = y[:, -1]
         else:
             assert model.output_linear is not None
             y = torch.tanh(model.output_linear(z))
         emotion = y
         if self.taps > 1:
-            past_y = s["past_y"]  # (B, taps-1, O): past_y[:, j-1] = y_{t-j}
-            present = (frames >= self.offsets[: self.taps - 1]).to(y.dtype)  # (B, taps-1)
+            k = self.taps - 1
+            ys = torch.cat([torch.flip(s["past_y"], dims=[1]), y], dim=1)  # (B, taps - 1 + S, O)
+            present = (seen[..., None] >= self.offsets[:k]).to(y.dtype)  # (B, S, taps - 1)
             weights = self.smooth_weights * present
-            num = y + torch.bmm(weights[:, None, :], past_y)[:, 0]
+            num = y + _banded_context(weights, ys)
             emotion = num / (1.0 + weights.sum(dim=-1, keepdim=True))
-            out["past_y"] = torch.cat([y[:, None], past_y[:, :-1]], dim=1)
-        out["frames"] = torch.clamp(frames + 1.0, max=self.horizon)
+            out["past_y"] = torch.flip(ys[:, -k:], dims=[1])
+        out["frames"] = torch.clamp(seen[:, -1:] + 1.0, max=self.horizon)  # frames + S
         return (emotion, *(out[name] for name in names))
 
 
@@ -177,7 +191,7 @@ def step_file_for(sequence_path: str | os.PathLike[str]) -> Path:
 
 
 def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = "") -> Path:
-    """Export a :class:`StepModule` to ONNX (dynamic batch axis), atomically.
+    """Export a :class:`StepModule` to ONNX (dynamic batch and slice axes), atomically.
 
     Args:
         step: The module, in eval mode.
@@ -190,7 +204,7 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
     shapes = step.state_shapes(batch=2)
     names = list(shapes)
     num_features = step.inner.model.config.num_features
-    dummy = (torch.zeros(2, num_features), *(torch.zeros(shape) for shape in shapes.values()))
+    dummy = (torch.zeros(2, 3, num_features), *(torch.zeros(shape) for shape in shapes.values()))
     inputs = [INPUT_NAME, *names]
     outputs = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in names)]
     out = Path(path)
@@ -204,16 +218,24 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
                 opset_version=17,
                 input_names=inputs,
                 output_names=outputs,
-                dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+                dynamic_axes={
+                    name: {0: "batch", 1: "frames"} if name in (INPUT_NAME, OUTPUT_NAME) else {0: "batch"}
+                    for name in inputs + outputs
+                },
             )
         proto = onnx.load(os.fspath(tmp))
         # Weights that are exactly float16 (an fp16 export's rounded weights) are stored so, as in the
         # sequence graph: half the file, the same values.
         _store_initializers_fp16(proto)
-        proto.graph.doc_string = doc or "single-step graph"
+        proto.graph.doc_string = doc or "step graph"
         onnx.checker.check_model(proto)
         onnx.save(proto, os.fspath(tmp))
     return out
+
+
+#: Slice lengths the verification also cuts its frames into (cycled): a single frame, lengths around
+#: the attention window and the smoother's taps, and long slices, so every state hand-over is crossed.
+VERIFY_SLICES = (1, 2, 61, 7, 300, 5, 120)
 
 
 def verify_step(
@@ -225,7 +247,7 @@ def verify_step(
     tolerance: float = STEP_PARITY_TOLERANCE,
     seed: int = 0,
 ) -> float:
-    """Run the step graph ``steps`` times and the sequence graph once over the same frames; compare.
+    """Run the step graph over the same frames as the sequence graph, one by one and in slices; compare.
 
     Args:
         step_path: The step graph.
@@ -236,23 +258,39 @@ def verify_step(
         seed: Random source of the frames.
 
     Returns:
-        The largest absolute difference over all frames and outputs.
+        The largest absolute difference over all frames and outputs, of both runs.
 
     Raises:
         ExportError: If a difference exceeds ``tolerance`` (or is NaN).
     """
     x = sample_raw_features(contract, 1, steps, np.random.default_rng(seed))
     want = _session(sequence_path).run([OUTPUT_NAME], {INPUT_NAME: x})[0][0]
-    got = np.stack([row for row in run_steps(_session(step_path), x[0])])
-    diff = float(np.max(np.abs(got - want)))
-    if not diff <= tolerance:
-        worst = int(np.argmax(np.abs(got - want).max(axis=1)))
-        raise ExportError(f"step graph differs from the sequence graph by {diff:.3g} (frame {worst})")
+    session = _session(step_path)
+    diff = 0.0
+    for how, lengths in (("one frame at a time", (1,)), ("in slices", VERIFY_SLICES)):
+        got = run_slices(session, x[0], lengths)
+        gap = np.abs(got - want)
+        worst = float(np.max(gap))
+        if not worst <= tolerance:
+            frame = int(np.argmax(gap.max(axis=1)))
+            raise ExportError(
+                f"step graph run {how} differs from the sequence graph by {worst:.3g} (frame {frame})"
+            )
+        diff = max(diff, worst)
     return diff
 
 
-def run_steps(session: Any, frames: FloatArray) -> list[FloatArray]:
-    """Feed ``frames`` (T, F) one by one through a step-graph session from the zero state."""
+def run_slices(session: Any, frames: FloatArray, lengths: Sequence[int] = (1,)) -> FloatArray:
+    """Feed ``frames`` (T, F) through a step-graph session from the zero state, in slices.
+
+    Args:
+        session: An ONNX Runtime session of a step graph.
+        frames: Raw features (T, F).
+        lengths: Slice lengths, cycled until the frames are used up (the last slice may be shorter).
+
+    Returns:
+        The predictions (T, O).
+    """
     state = {
         i.name: np.zeros([1, *i.shape[1:]], dtype=np.float32)
         for i in session.get_inputs()
@@ -260,11 +298,15 @@ def run_steps(session: Any, frames: FloatArray) -> list[FloatArray]:
     }
     names = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in state)]
     out: list[FloatArray] = []
-    for row in frames:
-        results = session.run(names, {INPUT_NAME: row[None], **state})
+    start = 0
+    for length in itertools.cycle(lengths):
+        if start >= len(frames):
+            break
+        results = session.run(names, {INPUT_NAME: frames[None, start : start + length], **state})
         out.append(results[0][0])
         state = dict(zip(state, results[1:], strict=True))
-    return out
+        start += length
+    return np.concatenate(out)
 
 
 def _session(path: str | os.PathLike[str]) -> Any:
@@ -393,7 +435,7 @@ def add_step_graph(sequence_path: str | os.PathLike[str], *, steps: int = VERIFY
     # The step file lands first, then the sequence graph that names it (its digest): a crash between
     # the two leaves the old sequence graph, which refuses the new step file by its SHA-256.
     with atomic_path(target) as tmp:
-        export_step(step, tmp, doc=f"single-step graph of {seq.name}")
+        export_step(step, tmp, doc=f"step graph of {seq.name}")
         diff = verify_step(tmp, seq, contract, steps=steps)
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         proto = onnx.load(os.fspath(seq))

@@ -166,8 +166,8 @@ def export_tiny_model(
     With ``real_names`` its contract names this build's feature-name hash and openSMILE version, so
     the service accepts it; without, the service refuses it (features it cannot compute). ``features``
     replaces the contract's feature configuration (e.g. a chunked one). ``step`` also writes the
-    single-step graph beside it (live streams); ``smoothing_alpha`` adds output smoothing. Runs torch
-    on one thread: with more, each time step's small ops wait for descheduled threads on a busy box.
+    step graph beside it (streams, slices of long clips); ``smoothing_alpha`` adds output smoothing. Runs
+    torch on one thread: with more, each time step's small ops wait for descheduled threads on a busy box.
     """
     import torch
 

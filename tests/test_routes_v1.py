@@ -13,7 +13,7 @@ import pytest
 
 from app.core.audio import decode
 from app.core.features import FeatureExtractor
-from app.core.predictor import Predictor
+from app.core.predictor import DEFAULT_SLICE_FRAMES, Predictor
 from model_export.testing import encode, synth_music
 from tests.conftest import serving
 
@@ -102,6 +102,28 @@ def test_predict_time_range_decodes_only_that_range(
     assert body["input_gain_db"] == pytest.approx(gain, abs=1e-9)
 
 
+def test_a_clip_longer_than_the_slice_length_is_served_through_the_step_graph(
+    served_model: Path, predictor: Predictor
+) -> None:
+    x = (np.random.default_rng(4).standard_normal((37, F)) * 100).astype(np.float32)
+    whole = Predictor.load(served_model, providers="cpu", intra_op_threads=1, slice_frames=0).predict(x)
+    with serving(served_model, infer_slice_frames=8) as base:
+        card = httpx.get(f"{base}/v1/models/default").json()
+        assert card["step_model"]["slices"] is True
+        assert card["step_model"]["slice_frames"] == 8
+        r = httpx.post(f"{base}/v1/predict/features", json={"features": x.tolist()}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = frames_of(r.json())
+    np.testing.assert_allclose(got, whole, atol=1e-4, rtol=0)
+    # Served through slices: equal to the step graph run in slices of 8.
+    assert predictor.step is not None
+    state, parts = predictor.step.initial_state(), []
+    for start in range(0, len(x), 8):
+        y, state = predictor.step.run(x[start : start + 8], state)
+        parts.append(y)
+    np.testing.assert_allclose(got, np.concatenate(parts), atol=1e-6, rtol=0)
+
+
 def test_features_json_npy_and_batch_agree_with_the_model(url: str, predictor: Predictor) -> None:
     rng = np.random.default_rng(0)
     a = (rng.standard_normal((7, F)) * 100).astype(np.float32)
@@ -156,6 +178,8 @@ def test_model_card_has_contract_facts_and_scalar_metadata(url: str) -> None:
     assert card["step_model"]["file"] == "tiny.step.onnx"
     assert card["step_model"]["parity"] <= 1e-4
     assert {"y_prev", "frames"} <= set(card["step_model"]["state"])
+    assert card["step_model"]["slices"] is True
+    assert card["step_model"]["slice_frames"] == DEFAULT_SLICE_FRAMES
     assert card["step_model_problem"] is None
 
 

@@ -34,7 +34,10 @@ def test_service_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPa
 
 
 def test_defaults_are_safe() -> None:
+    from app.core.predictor import DEFAULT_SLICE_FRAMES
+
     s = Settings()
+    assert s.infer_slice_frames == DEFAULT_SLICE_FRAMES  # the service and the library slice alike
     assert s.api_key is None
     assert s.cors_origins == []
     assert s.pool_size >= 1  # one worker per core the process may use
@@ -50,6 +53,7 @@ def test_defaults_are_safe() -> None:
         {"pool_workers": -1},
         {"body_read_timeout_s": 0},
         {"max_decoded_samples": 0},
+        {"infer_slice_frames": -1},
         {"max_upload_bytes": 10_000, "max_inflight_body_bytes": 9_999},
     ],
 )

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from app.core.contract import STEP_MODEL_KEY
 from app.core.errors import ContractError
 from app.core.predictor import Predictor
 from app.core.step import StepModel
-from model_export.export import export_checkpoint, sample_raw_features, verify_onnx
+from model_export.export import export_checkpoint, legacy_exporter_quiet, sample_raw_features, verify_onnx
 from model_export.smoothing import Smoothing
 from model_export.step import (
     STEP_PARITY_TOLERANCE,
+    StepModule,
     add_step_graph,
     recover_export_module,
     step_file_for,
@@ -62,6 +66,115 @@ def test_the_step_graph_equals_the_sequence_graph_over_1200_steps(
         got.append(y)
     assert np.max(np.abs(np.stack(got) - want)) <= STEP_PARITY_TOLERANCE
     assert predictor.info()["step_model"]["file"] == "m.step.onnx"
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "smoothing"),
+    [
+        ("LSTM_AT_400", {"hidden_sizes": [6], "attention_window": 5}, Smoothing(alpha=0.9, taps=7)),
+        ("LSTM_NAT_400", {"hidden_sizes": [5]}, Smoothing(alpha=0.5, taps=3)),
+    ],
+)
+def test_slices_of_any_length_equal_the_sequence_graph(
+    tmp_path: Path, preset: str, overrides: dict[str, object], smoothing: Smoothing | None
+) -> None:
+    seq = _export(tmp_path, preset, overrides, smoothing)
+    add_step_graph(seq, steps=200)
+    whole = Predictor.load(seq, providers="cpu", intra_op_threads=1, slice_frames=0)
+    assert whole.step is not None
+    assert whole.step.slices
+    x = sample_raw_features(whole.contract, 1, 257, np.random.default_rng(11))[0]
+    want = whole.predict(x)
+    assert not whole.slices_for(257)
+    # Slices shorter than the attention window and the smoother's taps, about as long, and uneven.
+    for lengths in ((3,), (5, 1, 8), (64,), (256,)):
+        state = whole.step.initial_state()
+        got, start = [], 0
+        for length in itertools.cycle(lengths):
+            if start >= len(x):
+                break
+            y, state = whole.step.run(x[start : start + length], state)
+            assert y.shape == (len(x[start : start + length]), 2)
+            got.append(y)
+            start += length
+        assert np.max(np.abs(np.concatenate(got) - want)) <= STEP_PARITY_TOLERANCE, lengths
+    # The predictor cuts a clip longer than its slice length on its own, also inside a batch of one.
+    sliced = Predictor.load(seq, providers="cpu", intra_op_threads=1, slice_frames=50)
+    assert sliced.slices_for(257)
+    assert not sliced.slices_for(50)
+    assert np.max(np.abs(sliced.predict(x) - want)) <= STEP_PARITY_TOLERANCE
+    (batch_of_one,) = sliced.predict_batch([x])
+    assert np.array_equal(batch_of_one, sliced.predict(x))
+    # Short clips and batches of several still take the sequence graph, bit for bit.
+    assert np.array_equal(sliced.predict(x[:50]), whole.predict(x[:50]))
+    pair = sliced.predict_batch([x, x[:30]])
+    assert np.array_equal(pair[1], whole.predict_batch([x, x[:30]])[1])
+    assert sliced.info()["step_model"]["slices"] is True
+    assert sliced.info()["step_model"]["slice_frames"] == 50
+
+
+def test_slice_frames_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slice_frames"):
+        Predictor.load(export_tiny_model(tmp_path), providers="cpu", intra_op_threads=1, slice_frames=-1)
+
+
+class _OneFrame(torch.nn.Module):
+    """A step graph as exported before slices existed: features (B, F), emotion (B, O)."""
+
+    def __init__(self, step: StepModule) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, features: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        emotion, *rest = self.step(features[:, None, :], *state)
+        return (emotion[:, 0], *rest)
+
+
+def test_a_one_frame_step_graph_still_serves_streams_but_not_slices(tmp_path: Path) -> None:
+    seq = _export(tmp_path, "LSTM_AT_400", {"hidden_sizes": [6], "attention_window": 4}, Smoothing(0.8, 5))
+    add_step_graph(seq, steps=20)
+    module, _ = recover_export_module(seq)
+    step = StepModule(module).eval()
+    shapes = step.state_shapes(batch=2)
+    names = list(shapes)
+    legacy = step_file_for(seq)
+    with torch.no_grad(), legacy_exporter_quiet():
+        torch.onnx.export(
+            _OneFrame(step),
+            (torch.zeros(2, 6373), *(torch.zeros(shape) for shape in shapes.values())),
+            str(legacy),
+            dynamo=False,
+            opset_version=17,
+            input_names=["features", *names],
+            output_names=["emotion", *(n + "_next" for n in names)],
+            dynamic_axes={
+                n: {0: "batch"} for n in ["features", "emotion", *names, *(m + "_next" for m in names)]
+            },
+        )
+    proto = onnx.load(str(seq))
+    for prop in proto.metadata_props:
+        if prop.key == STEP_MODEL_KEY:
+            record = json.loads(prop.value)
+            record["sha256"] = hashlib.sha256(legacy.read_bytes()).hexdigest()
+            prop.value = json.dumps(record)
+    onnx.save(proto, str(seq))
+    predictor = Predictor.load(seq, providers="cpu", intra_op_threads=1, slice_frames=10)
+    assert predictor.step is not None
+    assert not predictor.step.slices
+    x = sample_raw_features(predictor.contract, 1, 40, np.random.default_rng(5))[0]
+    state = predictor.step.initial_state()
+    frames = []
+    for row in x:
+        y, state = predictor.step.step(row, state)
+        frames.append(y)
+    want = Predictor.load(seq, providers="cpu", intra_op_threads=1, slice_frames=0).predict(x)
+    assert np.max(np.abs(np.stack(frames) - want)) <= STEP_PARITY_TOLERANCE
+    # A 40-frame clip over the 10-frame slice length takes the sequence graph: this graph has no slices.
+    assert not predictor.slices_for(40)
+    assert np.array_equal(predictor.predict(x), want)
+    assert predictor.info()["step_model"]["slice_frames"] == 0
+    with pytest.raises(ContractError, match="one frame per call"):
+        predictor.step.run(x[:3], predictor.step.initial_state())
 
 
 def test_weights_recovered_from_an_onnx_file_reproduce_it(tmp_path: Path) -> None:

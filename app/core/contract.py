@@ -39,7 +39,7 @@ METADATA_PREFIX = "mer."
 INPUT_NAME = "features"
 #: Name of the graph output: emotion (B, T, O), float32.
 OUTPUT_NAME = "emotion"
-#: Metadata key naming a model's single-step sibling graph (``{"file", "sha256", "parity", "steps"}``).
+#: Metadata key naming a model's step sibling graph (``{"file", "sha256", "parity", "steps"}``).
 STEP_MODEL_KEY = METADATA_PREFIX + "step_model"
 #: A step graph's output for state input ``s`` is named ``s + STEP_NEXT_SUFFIX``.
 STEP_NEXT_SUFFIX = "_next"

@@ -45,6 +45,12 @@ WARMUP_FRAMES = 61
 WARMUP_BATCHES = (1, 4)
 #: Slack on the contract's output range: tanh outputs are within it up to float rounding.
 _RANGE_SLACK = 1e-5
+#: A clip longer than this many frames (2 minutes) is run through the step graph in slices of this
+#: length, its state carried across, when the model has a step graph that takes slices: memory then
+#: stays that of a 2-minute clip whatever the length (the sequence graph's front holds several copies
+#: of the whole (T, F) input), and the outputs equal the sequence graph's within the step graph's
+#: recorded parity. 0 turns slicing off.
+DEFAULT_SLICE_FRAMES = 240
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 _CUDA = "CUDAExecutionProvider"
@@ -69,8 +75,13 @@ class Predictor:
     and a predictor holds no per-call state.
     """
 
-    def __init__(self, session: Any, contract: ModelContract, path: Path) -> None:
+    def __init__(
+        self, session: Any, contract: ModelContract, path: Path, slice_frames: int = DEFAULT_SLICE_FRAMES
+    ) -> None:
         self._session = session
+        #: Clips longer than this run in slices of it through the step graph (0: never); see
+        #: :data:`DEFAULT_SLICE_FRAMES`.
+        self.slice_frames = slice_frames
         self.path = path
         self.contract = contract
         self.provider: str = session.get_providers()[0]
@@ -80,7 +91,7 @@ class Predictor:
         self.num_features = contract.num_features
         self.outputs = contract.outputs
         self.ready = False
-        #: The single-step graph for live streams (``app.core.step``), if the model has one.
+        #: The step graph for live streams and long clips in slices (``app.core.step``), if the model has one.
         self.step: StepModel | None = None
         #: Why a step graph the model names is not loaded (its file is missing), else ``None``.
         self.step_problem: str | None = None
@@ -95,6 +106,7 @@ class Predictor:
         inter_op_threads: int = 1,
         warmup: bool = True,
         step: bool = True,
+        slice_frames: int = DEFAULT_SLICE_FRAMES,
     ) -> Predictor:
         """Open, validate and (by default) warm up a model.
 
@@ -107,14 +119,17 @@ class Predictor:
             inter_op_threads: Threads across independent operators (the graph is a chain: 1 suffices).
             warmup: Run the model on :data:`WARMUP_FRAMES`-frame inputs now (batch 1 and 4), so the
                 first requests do not pay for allocations and kernel selection.
-            step: Load the step graph the metadata names (live streams); False where only whole clips
-                are scored (e.g. Ray workers that get the sequence graph's bytes alone).
+            step: Load the step graph the metadata names (live streams, long clips in slices); False
+                where only whole clips are scored (e.g. Ray workers that get the sequence graph's bytes
+                alone).
+            slice_frames: Clips longer than this run in slices of it through a step graph that takes
+                slices (0: always the sequence graph); see :data:`DEFAULT_SLICE_FRAMES`.
 
         Returns:
             The predictor; ``ready`` is True if ``warmup`` ran.
 
         Raises:
-            ValueError: For an unknown ``providers`` value or negative thread counts.
+            ValueError: For an unknown ``providers`` value, negative thread counts or ``slice_frames``.
             ModelNotReadyError: If the file is missing or not a loadable ONNX model, or the requested
                 provider is unavailable.
             ContractError: If the contract metadata is missing or invalid, the graph's inputs and
@@ -123,6 +138,8 @@ class Predictor:
         model_path = Path(path)
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise ValueError(f"thread counts must be >= 0, got {intra_op_threads}, {inter_op_threads}")
+        if slice_frames < 0:
+            raise ValueError(f"slice_frames must be >= 0, got {slice_frames}")
         wanted = _provider_list(providers)
         if not model_path.is_file():
             raise ModelNotReadyError(f"model file {model_path} does not exist")
@@ -153,7 +170,7 @@ class Predictor:
         except ContractError as exc:
             raise ContractError(f"{model_path}: {exc.message}") from exc
         _check_interface(session, contract, model_path)
-        predictor = cls(session, contract, model_path)
+        predictor = cls(session, contract, model_path, slice_frames)
         # The live stream's step graph, when the model names one: refused (ContractError) if it is
         # not the one exported with the model; a missing file only takes live streams away.
         if step:
@@ -204,8 +221,7 @@ class Predictor:
                 NaN/inf (or values beyond float32's range).
         """
         x = self.validate(features)
-        y: FloatArray = self._run(x[np.newaxis])[0]
-        return y
+        return self._run_one(x)
 
     def predict_batch(self, clips: Sequence[npt.ArrayLike]) -> list[FloatArray]:
         """Predict several clips in one session call.
@@ -229,7 +245,7 @@ class Predictor:
             return []
         if len(arrays) == 1:
             # No padded copy for a batch of one (a 10-minute song's features are 30 MB).
-            return [self._run(arrays[0][np.newaxis])[0].copy()]
+            return [self._run_one(arrays[0]).copy()]
         longest = max(a.shape[0] for a in arrays)
         batch = np.zeros((len(arrays), longest, self.num_features), dtype=np.float32)
         for i, a in enumerate(arrays):
@@ -256,7 +272,9 @@ class Predictor:
                 "hop_s": self.contract.features.hop_s,
                 "window_s": self.contract.features.window_s,
             },
-            "step_model": None if self.step is None else self.step.info(),
+            "step_model": None
+            if self.step is None
+            else {**self.step.info(), "slice_frames": self.slice_frames if self.step.slices else 0},
             "step_model_problem": self.step_problem,
         }
 
@@ -299,6 +317,30 @@ class Predictor:
                 f"NaN, infinite or beyond float32 range (first at row {row}, column {col})"
             )
         return x
+
+    def slices_for(self, frames: int) -> bool:
+        """Whether a clip of ``frames`` frames runs in slices through the step graph."""
+        step = self.step
+        return step is not None and step.slices and 0 < self.slice_frames < frames
+
+    def _run_one(self, x: FloatArray) -> FloatArray:
+        """Predict one validated clip (T, F): the sequence graph, or slices of a long clip."""
+        step = self.step
+        if step is None or not self.slices_for(x.shape[0]):
+            y: FloatArray = self._run(x[np.newaxis])[0]
+            return y
+        out = np.empty((x.shape[0], len(self.outputs)), dtype=np.float32)
+        state = step.initial_state()
+        for start in range(0, x.shape[0], self.slice_frames):
+            part = x[start : start + self.slice_frames]
+            try:
+                y, state = step.run(part, state)
+            except Exception as exc:  # ORT's own exception classes (e.g. out of memory)
+                raise ServiceError(f"inference failed for a slice of shape {part.shape}: {exc}") from exc
+            if y.shape != (part.shape[0], len(self.outputs)):
+                raise ContractError(f"{step.path}: step graph returned shape {y.shape} for {part.shape}")
+            out[start : start + part.shape[0]] = y
+        return out
 
     def _run(self, x: FloatArray) -> FloatArray:
         try:

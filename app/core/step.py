@@ -1,11 +1,12 @@
-"""A model's single-step graph: one frame of raw features and the state in, one prediction and the state out.
+"""A model's step graph: a slice of frames of raw features and the state in, predictions and the state out.
 
 Written by ``python -m model_export step`` (or ``export``) beside the sequence graph and named in its
 metadata (``mer.step_model``: file, SHA-256), and found beside it as ``<model>.step.onnx`` or under the
 recorded name (the digest decides); see ``model_export.step`` for what the state holds. This
 module reads the state's names and shapes from the graph itself, so it knows nothing of the
-architecture: a stream starts from :meth:`StepModel.initial_state` (zeros) and threads the returned state
-through its frames.
+architecture: a stream (or a long clip cut into slices) starts from :meth:`StepModel.initial_state`
+(zeros) and threads the returned state through its frames. Graphs exported before slices existed take
+one frame ``(B, F)`` per call: they still serve streams (:meth:`StepModel.step`), not slices.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class StepModel:
         self.state_shapes: dict[str, tuple[int, ...]] = {
             i.name: (1, *(int(d) for d in i.shape[1:])) for i in session.get_inputs() if i.name != INPUT_NAME
         }
+        features = [i for i in session.get_inputs() if i.name == INPUT_NAME]
+        #: True for a graph that takes (B, S, F) slices; False for one frame (B, F) per call.
+        self.slices = bool(features) and len(features[0].shape) == 3
         self._outputs = [OUTPUT_NAME, *(name + STEP_NEXT_SUFFIX for name in self.state_shapes)]
 
     @classmethod
@@ -131,8 +135,12 @@ class StepModel:
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name for o in self._session.get_outputs()}
         problems = []
-        if INPUT_NAME not in inputs or list(inputs[INPUT_NAME].shape[1:]) != [self.num_features]:
-            problems.append(f"input {INPUT_NAME!r} must be (batch, {self.num_features})")
+        if (
+            INPUT_NAME not in inputs
+            or len(inputs[INPUT_NAME].shape) not in (2, 3)
+            or list(inputs[INPUT_NAME].shape[-1:]) != [self.num_features]
+        ):
+            problems.append(f"input {INPUT_NAME!r} must be (batch, [frames,] {self.num_features})")
         missing = [n for n in self._outputs if n not in outputs]
         if missing:
             problems.append(f"outputs {missing} missing")
@@ -159,11 +167,38 @@ class StepModel:
             ``(prediction (O,), next state)``.
         """
         x = np.asarray(features, dtype=np.float32).reshape(1, self.num_features)
+        if self.slices:
+            y, state = self.run(x, state)
+            return y[0], state
         results = self._session.run(self._outputs, {INPUT_NAME: x, **state})
-        return np.asarray(results[0][0], dtype=np.float32), dict(
-            zip(self.state_shapes, (np.asarray(r, dtype=np.float32) for r in results[1:]), strict=True)
-        )
+        return np.asarray(results[0][0], dtype=np.float32), self._state(results[1:])
+
+    def run(self, frames: FloatArray, state: StepState) -> tuple[FloatArray, StepState]:
+        """Predict a slice of consecutive frames (a graph with :attr:`slices` only).
+
+        Args:
+            frames: Raw features (S, F) float32, S >= 1, validated by the caller.
+            state: The state after the frames before them (not modified).
+
+        Returns:
+            ``(predictions (S, O), next state)``.
+
+        Raises:
+            ContractError: For a one-frame graph, which takes no slices.
+        """
+        if not self.slices:
+            raise ContractError(f"{self.path}: this step graph takes one frame per call, not slices")
+        results = self._session.run(self._outputs, {INPUT_NAME: frames[np.newaxis], **state})
+        return np.asarray(results[0][0], dtype=np.float32), self._state(results[1:])
+
+    def _state(self, results: list[Any]) -> StepState:
+        return dict(zip(self.state_shapes, (np.asarray(r, dtype=np.float32) for r in results), strict=True))
 
     def info(self) -> dict[str, Any]:
         """What /v1/models/default says about the step graph."""
-        return {"file": os.fspath(self.path.name), "parity": self.parity, "state": sorted(self.state_shapes)}
+        return {
+            "file": os.fspath(self.path.name),
+            "parity": self.parity,
+            "state": sorted(self.state_shapes),
+            "slices": self.slices,
+        }

@@ -180,11 +180,16 @@ class FeatureFacts(BaseModel):
 
 
 class StepGraphFacts(BaseModel):
-    """The single-step graph live streams run on."""
+    """The step graph live streams (and long clips, in slices) run on."""
 
     file: str = Field(description="Its file, beside the model.")
     parity: float = Field(description="Max |step - sequence| measured when it was exported.")
     state: list[str] = Field(description="Names of the state it carries from frame to frame.")
+    slices: bool = Field(description="Whether it takes slices of frames (else one frame per call).")
+    slice_frames: int = Field(
+        description="Clips longer than this many frames run through it in slices of this length, their "
+        "state carried across, so their memory stays bounded (0: never; MER_INFER_SLICE_FRAMES)."
+    )
 
 
 class ModelCard(BaseModel):

@@ -55,6 +55,7 @@ async def start(settings: Settings, state: ServiceState) -> None:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             warmup=settings.warmup,
+            slice_frames=settings.infer_slice_frames,
         )
         extractor = FeatureExtractor(predictor.contract.features)
         extractor.check_contract(predictor.contract)
