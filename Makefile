@@ -6,6 +6,7 @@
 #                  finished folds land in docs/results/vgmidi_16k/folds, commit them: they accumulate)
 #   make joint-cv  5-fold CV over 4Q by artist, every fold also training on VGMIDI (folds committed)
 #   make model     train the default preset on all of VGMIDI + 4Q, export models/default.onnx and its card
+#   make card      refresh that card's CV numbers from the committed reports (no training)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -38,7 +39,7 @@ CHECKPOINT ?= cache/checkpoints/default.pt
 SHUTDOWN_TIMEOUT_S ?= 10
 UVICORN_FLAGS ?= --http app.http.protocols:JsonErrorProtocol --timeout-graceful-shutdown $(SHUTDOWN_TIMEOUT_S)
 
-.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-long bench-serve bench-batch bench-stream cv joint-cv model clean
+.PHONY: run test lint typecheck pytest bench-extract bench-infer bench-long bench-serve bench-batch bench-stream cv joint-cv model card clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -110,6 +111,11 @@ model: $(VENV)/.dev
 		--compare "before: no level policy=docs/results/vgmidi_16k_level_none/report.json" \
 		--compare "level policy + augment=2 (not shipped)=docs/results/vgmidi_16k_augmented/report.json" \
 		--card models/default.md
+
+# The CV keeps accumulating folds after an export: refresh the card's numbers, weights untouched.
+card: $(VENV)/.dev
+	$(BIN)/python -m model_export card --model models/default.onnx --cv-report $(CV_OUT)/report.json \
+		--joint-report $(JOINT_OUT)/report.json --card models/default.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -344,6 +344,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """Bring an exported model's card up to date with newer CV reports (weights untouched)."""
+    if args.cv_report is None and args.joint_report is None:
+        raise SystemExit("card: give --cv-report and/or --joint-report (nothing to refresh)")
+    try:
+        card = pipeline.refresh_model_card(
+            args.model, cv_report=args.cv_report, joint_report=args.joint_report, card_path=args.card
+        )
+    except ValueError as exc:
+        raise SystemExit(f"card: {exc}") from exc
+    cv = card.get("cross_validation") or {}
+    folds = ", ".join(f"{r['model']} {r['folds']}" for r in cv.get("rows", []))
+    print(f"refreshed the card of {args.model}" + (f" (CV folds: {folds})" if folds else ""))
+    if args.card is not None:
+        print(f"wrote {args.card}")
+    return 0
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     """Write (or rewrite) the step graph of an exported model beside it and name it in its metadata."""
     from model_export.step import add_step_graph
@@ -472,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL=REPORT",
         help="another CV report.json shown in the card's before/after table (repeatable)",
     )
+    p = sub.add_parser(
+        "card", help="refresh an exported model's card from newer CV reports (weights untouched)"
+    )
+    p.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx", help="ONNX model")
+    p.add_argument("--cv-report", type=Path, default=None, help="report.json of the per-frame CV")
+    p.add_argument("--joint-report", type=Path, default=None, help="report.json of the joint (4Q) CV")
+    p.add_argument("--card", type=Path, default=None, help="also write the Markdown model card here")
     p = sub.add_parser("step", help="add the step graph (streams, slices of long clips) beside a model")
     p.add_argument("--model", type=Path, default=REPO / "models" / "default.onnx", help="ONNX model")
     p.add_argument(
@@ -500,6 +525,7 @@ COMMANDS = {
     "joint-cv": cmd_joint_cv,
     "train": cmd_train,
     "export": cmd_export,
+    "card": cmd_card,
     "step": cmd_step,
 }
 

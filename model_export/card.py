@@ -135,25 +135,7 @@ def build_card(
     history = list(checkpoint_meta.get("history") or [])
     best_val = next((h.get("val_mse") for h in history if h.get("epoch") == best_epoch), None)
     preset = str(train_cfg.get("preset", ""))
-    cv = None
-    if cv_report is not None:
-        rows = {str(r["model"]): r for r in cv_report.get("rows", [])}
-        cv = {
-            "source": cv_source,
-            "title": cv_report.get("title"),
-            "notes": cv_report.get("notes"),
-            "rows": [
-                {
-                    "model": name,
-                    "folds": row["folds"],
-                    "clips": row["clips"],
-                    "frames": row["frames"],
-                    "metrics": row["metrics"],
-                }
-                for name, row in rows.items()
-            ],
-            "this_preset": rows[preset]["metrics"] if preset in rows else None,
-        }
+    cv = None if cv_report is None else cv_section(cv_report, cv_source, preset)
     features = contract.features
     compared = [
         {
@@ -194,14 +176,7 @@ def build_card(
             "parts": [{"dataset": d, **DATASET_FACTS.get(d, {})} for d in dataset.split("+")],
         },
         "smoothing": None if smoothing is None else smoothing.to_dict(),
-        "joint_cv": None
-        if joint_cv is None
-        else {
-            "source": joint_cv[0],
-            "title": joint_cv[1].get("title"),
-            "notes": joint_cv[1].get("notes"),
-            "rows": list(joint_cv[1].get("rows", [])),
-        },
+        "joint_cv": None if joint_cv is None else joint_section(*joint_cv),
         "training": {
             "clips": checkpoint_meta.get("clips"),
             "config": train_cfg,
@@ -224,6 +199,71 @@ def build_card(
         ],
         "rebuild": rebuild,
     }
+
+
+def cv_section(report: Mapping[str, Any], source: str | None, preset: str) -> dict[str, Any]:
+    """The card's ``cross_validation`` entry: every row of a per-frame CV report and the preset's own.
+
+    Args:
+        report: ``report.json`` of the cross-validation (``model_export.evaluate.write_report``).
+        source: Where that report lives (shown in the card).
+        preset: The card's model preset; its row becomes ``this_preset`` (``None`` if absent).
+    """
+    rows = {str(r["model"]): r for r in report.get("rows", [])}
+    return {
+        "source": source,
+        "title": report.get("title"),
+        "notes": report.get("notes"),
+        "rows": [
+            {
+                "model": name,
+                "folds": row["folds"],
+                "clips": row["clips"],
+                "frames": row["frames"],
+                "metrics": row["metrics"],
+            }
+            for name, row in rows.items()
+        ],
+        "this_preset": rows[preset]["metrics"] if preset in rows else None,
+    }
+
+
+def joint_section(source: str, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's ``joint_cv`` entry from the joint (clip-level, real music) CV report at ``source``."""
+    return {
+        "source": source,
+        "title": report.get("title"),
+        "notes": report.get("notes"),
+        "rows": list(report.get("rows", [])),
+    }
+
+
+def refresh_card(
+    card: Mapping[str, Any],
+    *,
+    cv: tuple[str, Mapping[str, Any]] | None = None,
+    joint_cv: tuple[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A card with its evaluation sections rebuilt from newer reports; every other fact stays.
+
+    The CV behind a shipped model keeps running after the export (its folds accumulate across
+    sessions): this brings the card's numbers up to date without retraining, which would change the
+    weights the card describes.
+
+    Args:
+        card: A card from :func:`build_card` (e.g. the ``mer.card`` entry of an exported model).
+        cv: ``(source, report)`` of the per-frame CV, replacing ``cross_validation``; ``None`` keeps it.
+        joint_cv: ``(source, report)`` of the joint CV, replacing ``joint_cv``; ``None`` keeps it.
+
+    Returns:
+        The new card (the input is not modified).
+    """
+    out = dict(card)
+    if cv is not None:
+        out["cross_validation"] = cv_section(cv[1], cv[0], str(card["architecture"]["preset"]))
+    if joint_cv is not None:
+        out["joint_cv"] = joint_section(*joint_cv)
+    return out
 
 
 def _metric_rows(rows: Sequence[Mapping[str, Any]]) -> list[str]:

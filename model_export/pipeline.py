@@ -42,6 +42,7 @@ __all__ = [
     "export_with_card",
     "joint_cv",
     "load_data",
+    "refresh_model_card",
     "train_and_save",
 ]
 
@@ -477,3 +478,61 @@ def export_with_card(
         card_path.parent.mkdir(parents=True, exist_ok=True)
         card_path.write_text(render_markdown(card))
     return path
+
+
+def refresh_model_card(
+    model_path: Path,
+    *,
+    cv_report: Path | None = None,
+    joint_report: Path | None = None,
+    card_path: Path | None = None,
+) -> dict[str, Any]:
+    """Rebuild an exported model's card from newer CV reports, in its metadata and beside it.
+
+    Only the ``mer.card`` entry and, when it was derived from the card, ``mer.metrics`` change: the
+    graph, the weights, the contract and the step graph's record stay byte for byte, so the step
+    graph beside the model still matches the SHA-256 recorded for it.
+
+    Args:
+        model_path: An ONNX file written by :func:`export_with_card`.
+        cv_report: ``report.json`` of the per-frame CV whose rows replace the card's.
+        joint_report: ``report.json`` of the joint (clip-level) CV whose rows replace the card's.
+        card_path: Also write the Markdown card here.
+
+    Returns:
+        The new card.
+
+    Raises:
+        ValueError: If the model carries no card.
+    """
+    import onnx
+
+    from model_export.card import CARD_KEY, card_metrics, load_report, refresh_card, render_markdown
+    from model_export.export import atomic_path
+
+    proto = onnx.load(str(model_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if CARD_KEY not in meta:
+        raise ValueError(f"{model_path} carries no {CARD_KEY} entry: export it with a card first")
+    old = json.loads(meta[CARD_KEY])
+    card = refresh_card(
+        old,
+        cv=None if cv_report is None else (display_path(cv_report), load_report(cv_report)),
+        joint_cv=None if joint_report is None else (display_path(joint_report), load_report(joint_report)),
+    )
+    updates = {CARD_KEY: json.dumps(card, sort_keys=True)}
+    # mer.metrics is the card's own row unless the export stored a metrics file of its own instead.
+    derived = (old_metrics := card_metrics(old)) is not None and meta.get("mer.metrics") == json.dumps(
+        old_metrics, sort_keys=True
+    )
+    if derived and (new_metrics := card_metrics(card)) is not None:
+        updates["mer.metrics"] = json.dumps(new_metrics, sort_keys=True)
+    for entry in proto.metadata_props:
+        if entry.key in updates:
+            entry.value = updates[entry.key]
+    with atomic_path(model_path) as tmp:
+        onnx.save(proto, str(tmp))
+    if card_path is not None:
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+        card_path.write_text(render_markdown(card))
+    return card

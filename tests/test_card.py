@@ -7,6 +7,7 @@ from typing import Any
 import onnx
 import pytest
 
+from app.core.predictor import Predictor
 from model_export.__main__ import main
 from model_export.card import CARD_KEY, build_card, card_metrics, load_report, render_markdown
 from model_export.checkpoint import load_checkpoint
@@ -132,6 +133,53 @@ def test_export_cli_writes_the_card_into_the_model_and_beside_it(tmp_path: Path)
     metrics = json.loads(meta["mer.metrics"])
     assert metrics["cv_folds"] == "3/10"
     assert metrics["cv"]["valence"]["r2"] == pytest.approx(0.031)
+
+
+def test_card_cli_refreshes_the_cv_of_an_exported_model_without_touching_its_weights(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "m.pt")
+    out, card_md = tmp_path / "model.onnx", tmp_path / "model.md"
+    argv = ["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(out), "--name", "mer"]
+    assert main([*argv, "--version", "2.0.0", "--cv-report", str(_report(tmp_path / "r3.json"))]) == 0
+    before = onnx.load(str(out))
+    old_meta = {p.key: p.value for p in before.metadata_props}
+    # The CV went on after the export: more folds, other numbers.
+    later = json.loads(_report(tmp_path / "r10.json", r2a=0.47).read_text())
+    for row in later["rows"]:
+        row["folds"] = "10/10"
+    (tmp_path / "r10.json").write_text(json.dumps(later))
+    with pytest.raises(SystemExit, match="nothing to refresh"):
+        main(["card", "--model", str(out)])
+    assert (
+        main(["card", "--model", str(out), "--cv-report", str(tmp_path / "r10.json"), "--card", str(card_md)])
+        == 0
+    )
+    after = onnx.load(str(out))
+    meta = {p.key: p.value for p in after.metadata_props}
+    assert after.graph.SerializeToString() == before.graph.SerializeToString()
+    changed = {k for k in meta if meta[k] != old_meta.get(k)}
+    assert changed == {CARD_KEY, "mer.metrics"}
+    assert set(meta) == set(old_meta)
+    card = json.loads(meta[CARD_KEY])
+    assert [r["folds"] for r in card["cross_validation"]["rows"]] == ["10/10", "10/10"]
+    assert card["cross_validation"]["this_preset"]["arousal"]["r2"] == pytest.approx(0.47)
+    assert card["model_version"] == "2.0.0"
+    assert {k: v for k, v in card.items() if k != "cross_validation"} == {
+        k: v for k, v in json.loads(old_meta[CARD_KEY]).items() if k != "cross_validation"
+    }
+    assert json.loads(meta["mer.metrics"])["cv_folds"] == "10/10"
+    assert card_md.read_text() == render_markdown(card)
+    # The step graph beside it still matches the digest the model records, so the service takes it.
+    predictor = Predictor.load(out, providers="cpu", intra_op_threads=1, warmup=False)
+    assert predictor.step is not None
+    assert predictor.step_problem is None
+    # A model without a card is refused with a message, not a traceback.
+    bare = onnx.load(str(out))
+    kept = [p for p in bare.metadata_props if p.key != CARD_KEY]
+    del bare.metadata_props[:]
+    bare.metadata_props.extend(kept)
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(SystemExit, match=r"no mer\.card"):
+        main(["card", "--model", str(tmp_path / "bare.onnx"), "--cv-report", str(tmp_path / "r10.json")])
 
 
 def _joint_report() -> dict[str, Any]:
