@@ -16,6 +16,13 @@ the same process, for each batch size (default 1 and 16) of 61-frame clips (a 30
 The model's FLOPs are counted analytically (:func:`model_flops`: LSTM gates, attention, output layer;
 elementwise work ignored), so "achieved GFLOP/s" is that count divided by ONNX Runtime's time. Every
 time is the median of ``--repeats`` runs after ``--warmup`` runs. Run: ``python bench/infer.py``.
+
+``--profile`` also runs ONNX Runtime's node profiler on the same graph and inputs and splits its
+kernel time into the graph's parts (:func:`node_parts`: the ``LSTM`` node, the in-graph normaliser,
+the attention window, the rest). From that split it prints the graph's *ceiling* on this machine:
+the ORT / matmul ratio it would reach if the LSTM's FLOPs ran at the matmul's speed and every other
+part took what it took (:func:`ceiling_vs_matmul`), so a target above the ceiling is seen to need
+less element-wise work, not a faster GEMM.
 """
 
 from __future__ import annotations
@@ -59,6 +66,86 @@ def model_flops(config: ModelConfig, frames: int) -> float:
     return flops
 
 
+#: The graph's parts by exported node name (``torch.onnx`` names nodes by module path), in match order.
+PART_PREFIXES = (
+    ("normaliser", "/normaliser/"),
+    ("attention", "/model/attention/"),
+    ("smoothing", "/smoother/"),
+)
+
+
+def node_parts(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Kernel microseconds per part of the graph from ONNX Runtime profiler events.
+
+    Args:
+        events: The JSON list written by ``InferenceSession.end_profiling()``.
+
+    Returns:
+        ``{"lstm": us, "normaliser": us, "attention": us, "smoothing": us, "other": us}`` summed over
+        every profiled run; ``lstm`` is the ``LSTM`` nodes (the gates' GEMMs and the recurrence).
+    """
+    parts = dict.fromkeys(("lstm", "normaliser", "attention", "smoothing", "other"), 0.0)
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        node = name.removesuffix("_kernel_time")
+        if (e.get("args") or {}).get("op_name") == "LSTM":
+            part = "lstm"
+        else:
+            part = next((p for p, prefix in PART_PREFIXES if node.startswith(prefix)), "other")
+        parts[part] += float(e.get("dur", 0.0))
+    return parts
+
+
+def ceiling_vs_matmul(
+    parts_us: dict[str, float], lstm_flops: float, model_flops: float, matmul_flops_s: float
+) -> float:
+    """The highest ORT / matmul ratio this graph can reach while its other parts cost what they cost.
+
+    The LSTM nodes are given the matmul's speed (their input projection is that very GEMM shape: no
+    runtime beats its own BLAS on it), or their measured time where that is faster already (small
+    shapes, where numpy's BLAS is slow); the normaliser, attention and the rest keep their measured
+    kernel time. Ratio = (model FLOPs / that time) / matmul FLOP/s.
+    """
+    lstm_s = min(parts_us["lstm"] / 1e6, lstm_flops / matmul_flops_s)
+    rest_s = sum(v for k, v in parts_us.items() if k != "lstm") / 1e6
+    return (model_flops / (lstm_s + rest_s)) / matmul_flops_s
+
+
+def lstm_flops(config: ModelConfig, frames: int) -> float:
+    """FLOPs of the LSTM layers alone (input and recurrent gate matmuls) for one clip."""
+    widths = (config.num_features, *config.hidden_sizes)
+    return sum(2.0 * 4 * h * (widths[i] + h) * frames for i, h in enumerate(config.hidden_sizes))
+
+
+def profile_parts(model: bytes, threads: int, x: Any, repeats: int) -> dict[str, float]:
+    """Node kernel time per part (microseconds per run), mean of ``repeats`` profiled runs on ``x``.
+
+    One warm-up run comes first; its events (everything up to the end of the first ``model_run``) are
+    left out, so allocations and kernel selection do not count.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        for _ in range(1 + repeats):
+            session.run(["emotion"], {"features": x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    if len(runs) != 1 + repeats:
+        raise RuntimeError(f"expected {1 + repeats} model_run events in the profile, found {len(runs)}")
+    warm_end = runs[0]["ts"] + runs[0]["dur"]
+    timed = [e for e in events if e.get("ts", 0) > warm_end]
+    return {k: v / repeats for k, v in node_parts(timed).items()}
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, seconds."""
     for _ in range(warmup):
@@ -96,6 +183,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        model_bytes = onnx_path.read_bytes()
     shipped = None
     if args.shipped.is_file():
         shipped = ort.InferenceSession(str(args.shipped), options, providers=["CPUExecutionProvider"])
@@ -126,6 +214,17 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         t_shipped = median_seconds(lambda: run_ort(shipped), args.repeats, args.warmup) if shipped else None
         flops = model_flops(model_cfg, args.frames) * batch
         mm_flops = 2.0 * a.shape[0] * f * hidden4
+        profile: dict[str, Any] | None = None
+        if args.profile:
+            parts = profile_parts(model_bytes, args.threads, x, args.repeats)
+            total = sum(parts.values())
+            gates = lstm_flops(model_cfg, args.frames) * batch
+            profile = {
+                "share": {k: v / total for k, v in parts.items()},
+                "ms_per_batch": {k: v / 1e3 for k, v in parts.items()},
+                "lstm_vs_matmul": (gates / (parts["lstm"] / 1e6)) / (mm_flops / t_mm),
+                "ceiling_vs_matmul": ceiling_vs_matmul(parts, gates, flops, mm_flops / t_mm),
+            }
         rows.append(
             {
                 "threads": args.threads,
@@ -138,6 +237,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 "ort_vs_matmul": (flops / t_ort) / (mm_flops / t_mm),
                 "shipped_ms_per_clip": None if t_shipped is None else 1e3 * t_shipped / batch,
                 "model_gflop_per_clip": model_flops(model_cfg, args.frames) / 1e9,
+                "profile": profile,
             }
         )
     return {"rows": rows, "load": os.getloadavg()[0]}
@@ -154,6 +254,11 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--shipped", type=Path, default=REPO / "models" / "default.onnx")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also split ORT's node time into the graph's parts (and its ceiling)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -167,6 +272,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--worker", "--threads", str(n), "--preset", args.preset]
         cmd += ["--frames", str(args.frames), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
         cmd += ["--shipped", str(args.shipped), "--batches", *map(str, args.batches)]
+        cmd += ["--profile"] if args.profile else []
         result = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
         out = json.loads(result.stdout.strip().splitlines()[-1])
         rows += out["rows"]
@@ -185,6 +291,22 @@ def main() -> int:
             f"| {r['ort_vs_torch']:.2f}× | {r['ort_gflops']:.1f} | {r['matmul_gflops']:.1f} "
             f"| {100 * r['ort_vs_matmul']:.0f} % | {shipped} |"
         )
+    if args.profile:
+        print()
+        print("ONNX Runtime's node profile of the same graph and inputs (kernel time, mean of the repeats):")
+        print("| threads | batch | LSTM | normaliser | attention | smoothing | other | LSTM node / matmul "
+              "| ceiling ORT / matmul |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            prof = r["profile"]
+            share = " | ".join(
+                f"{100 * prof['share'][k]:.0f} % ({prof['ms_per_batch'][k]:.1f} ms)"
+                for k in ("lstm", "normaliser", "attention", "smoothing", "other")
+            )
+            print(
+                f"| {r['threads']} | {r['batch']} | {share} | {100 * prof['lstm_vs_matmul']:.0f} % "
+                f"| {100 * prof['ceiling_vs_matmul']:.0f} % |"
+            )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "loads": loads}, indent=1))
     return 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.infer import model_flops
+from bench.infer import ceiling_vs_matmul, lstm_flops, model_flops, node_parts
 from model_export.model import PRESETS, build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +52,46 @@ def test_infer_benchmark_runs_and_reports_ratios(tmp_path: Path) -> None:
     for key in ("ort_ms_per_clip", "torch_ms_per_clip", "ort_gflops", "matmul_gflops", "ort_vs_torch"):
         assert row[key] > 0
     assert row["shipped_ms_per_clip"] is None
+
+
+def test_node_parts_group_the_profile_by_the_graphs_modules() -> None:
+    def node(name: str, op: str, dur: float) -> dict[str, object]:
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "args": {"op_name": op}}
+
+    events = [
+        node("/model/encoder.0/LSTM", "LSTM", 700.0),
+        node("/normaliser/Log", "Log", 50.0),
+        node("/normaliser/Clip_1", "Clip", 10.0),
+        node("/model/attention/Sigmoid_3", "Sigmoid", 90.0),
+        node("/smoother/Conv", "Conv", 5.0),
+        node("/model/output_rnn/RNN", "RNN", 20.0),
+        {"cat": "Node", "name": "/normaliser/Log_fence_before", "dur": 999.0, "args": {"op_name": "Log"}},
+        {"cat": "Session", "name": "model_run", "dur": 2000.0},
+    ]
+    parts = node_parts(events)
+    assert parts == {"lstm": 700.0, "normaliser": 60.0, "attention": 90.0, "smoothing": 5.0, "other": 20.0}
+    # At the matmul's speed the 1.4 GFLOP of gates would take 14 ms; everything else takes 0.175 ms.
+    ceiling = ceiling_vs_matmul({**parts, "lstm": 20_000.0}, 1.4e9, 1.5e9, 1e11)
+    assert ceiling == pytest.approx((1.5e9 / (0.014 + 175e-6)) / 1e11)
+    # A measured LSTM faster than the matmul is taken as it is (the bound cannot be below the run).
+    assert ceiling_vs_matmul(parts, 1.4e9, 1.5e9, 1e11) == pytest.approx((1.5e9 / 875e-6) / 1e11)
+    assert lstm_flops(PRESETS["LSTM_AT_400"], 61) == pytest.approx(2 * 4 * 400 * (6373 + 400) * 61)
+
+
+def test_infer_benchmark_profiles_the_graphs_parts(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(REPO / "bench" / "infer.py"), "--preset", "LSTM_AT_200", "--frames", "8"]
+    cmd += ["--batches", "2", "--threads", "1", "--repeats", "2", "--warmup", "0", "--json", str(out)]
+    cmd += ["--shipped", str(tmp_path / "absent.onnx"), "--profile"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert "ceiling ORT / matmul" in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    prof = row["profile"]
+    assert sum(prof["share"].values()) == pytest.approx(1.0)
+    # A real exported graph: its LSTM node, normaliser and attention nodes are all found by name.
+    for part in ("lstm", "normaliser", "attention"):
+        assert prof["ms_per_batch"][part] > 0, part
+    assert prof["ceiling_vs_matmul"] > 0
 
 
 def test_serve_benchmark_runs_against_a_real_server(tmp_path: Path) -> None:
