@@ -48,11 +48,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 def model_flops(config: ModelConfig, frames: int) -> float:
     """Multiply-add FLOPs (2 per MAC) of one clip of ``frames`` frames through ``config``'s model."""
-    flops = 0.0
-    width = config.num_features
-    for hidden in config.hidden_sizes:
-        flops += 2.0 * 4 * hidden * (width + hidden) * frames  # input and recurrent gate matmuls
-        width = hidden
+    flops = lstm_flops(config, frames)
     top = config.hidden_sizes[-1]
     out_in = top
     if config.kind == "AT":
