@@ -165,6 +165,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="validate and keep an exponential moving average of the weights with this decay per update",
     )
     p.add_argument(
+        "--clip-teacher",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="blend each clip label's sign with a cross-fitted linear probe's graded score: (1-W) s + W u",
+    )
+    p.add_argument(
         "--model-option",
         action="append",
         default=[],
@@ -194,6 +201,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         input_noise=args.input_noise,
         lr_choices=tuple(args.lr_choices),
         weight_average=args.weight_average,
+        clip_teacher=args.clip_teacher,
     )
 
 

@@ -185,6 +185,38 @@ def _logistic(x: Float64Array, y: Float64Array, lam: float, max_iter: int) -> Fl
     return np.asarray(result.x)
 
 
+def clip_probe_decisions(
+    clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    k: int = 5,
+    lam: float = 0.1,
+    transform: str = "signed_log1p",
+    fold_seed: int = 0,
+    max_iter: int = 300,
+) -> tuple[list[str], Float64Array]:
+    """Out-of-fold decision values of the linear probe (:func:`clip_probe_cv`), one column per output.
+
+    Each clip's decisions come from the probe fitted on the other folds (grouped as the joint CV's
+    folds), standardised with their statistics; a clip never informs its own decision.
+
+    Returns:
+        Clip ids and ``(N, 2)`` raw decisions (logits): signs are the predicted signs.
+    """
+    usable = [c for c in clips if c.clip_id in features]
+    x = np.stack([clip_summary_features(features[c.clip_id], transform) for c in usable])
+    signs = np.stack([np.sign(c.targets[0]) for c in usable]).astype(np.float64)
+    decisions = np.zeros_like(signs)
+    for test in group_folds([c.group for c in usable], k, fold_seed):
+        train_idx = np.setdiff1d(np.arange(len(usable)), test)
+        mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0)
+        std[std < 1e-12] = 1.0
+        z = (x - mean) / std
+        for d in range(signs.shape[1]):
+            w = _logistic(z[train_idx], signs[train_idx, d], lam, max_iter)
+            decisions[test, d] = z[test] @ w[:-1] + w[-1]
+    return [c.clip_id for c in usable], decisions
+
+
 def clip_probe_cv(
     clips: Sequence[Clip],
     features: Mapping[str, FloatArray],
@@ -204,16 +236,24 @@ def clip_probe_cv(
         Clip ids and ``(N, 2)`` out-of-fold scores ``tanh(decision)``: their signs are the predicted
         signs, their order the ranking (the mean level of a probe means nothing).
     """
-    usable = [c for c in clips if c.clip_id in features]
-    x = np.stack([clip_summary_features(features[c.clip_id], transform) for c in usable])
-    signs = np.stack([np.sign(c.targets[0]) for c in usable]).astype(np.float64)
-    scores = np.zeros_like(signs)
-    for test in group_folds([c.group for c in usable], k, fold_seed):
-        train_idx = np.setdiff1d(np.arange(len(usable)), test)
-        mean, std = x[train_idx].mean(axis=0), x[train_idx].std(axis=0)
-        std[std < 1e-12] = 1.0
-        z = (x - mean) / std
-        for d in range(signs.shape[1]):
-            w = _logistic(z[train_idx], signs[train_idx, d], lam, max_iter)
-            scores[test, d] = z[test] @ w[:-1] + w[-1]
-    return [c.clip_id for c in usable], np.tanh(scores).astype(np.float32)
+    ids, decisions = clip_probe_decisions(clips, features, k, lam, transform, fold_seed, max_iter)
+    return ids, np.tanh(decisions).astype(np.float32)
+
+
+def teacher_levels(
+    clips: Sequence[Clip], features: Mapping[str, FloatArray], k: int = 5, fold_seed: int = 0
+) -> dict[str, Float64Array]:
+    """A linear teacher's graded view of clip-level labels: ``tanh(z / std(z))`` per clip and output.
+
+    ``z`` is the probe's cross-fitted decision (:func:`clip_probe_decisions` over ``clips`` alone, so
+    only these clips inform it). The probe's logits are large (6 373 × 2 inputs, a few hundred clips:
+    ``tanh(z)`` is ±1 for most clips); dividing by their spread over the clips keeps the teacher's
+    order and makes a one-sigma clip worth ``tanh(1) = 0.76``.
+
+    Returns:
+        ``(2,)`` levels in (-1, 1) by clip id.
+    """
+    ids, z = clip_probe_decisions(clips, features, k=k, fold_seed=fold_seed)
+    scale = z.std(axis=0)
+    scale[scale < 1e-12] = 1.0
+    return dict(zip(ids, np.tanh(z / scale), strict=True))

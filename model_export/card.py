@@ -422,9 +422,16 @@ def _clip_loss_line(cfg: Mapping[str, Any], dataset: str) -> list[str]:
     if "+" not in dataset:
         return []
     weight = " weighted by the label's confidence" if cfg.get("clip_confidence") else ""
+    teacher = cfg.get("clip_teacher") or 0.0
+    level = (
+        f"a level between 0 and ±{cfg.get('clip_target')} ({1 - teacher:g} × the label's sign + "
+        f"{teacher:g} × a cross-fitted linear probe's graded score)"
+        if teacher
+        else f"±{cfg.get('clip_target')}"
+    )
     return [
         f"- Loss: MSE per frame for the per-frame ratings; for a clip-level label `{cfg.get('clip_loss')}` "
-        f"against ±{cfg.get('clip_target')} on the clip mean, each clip counting like its frames times "
+        f"against {level} on the clip mean, each clip counting like its frames times "
         f"{cfg.get('clip_weight')}{weight}; batches drawn from both datasets by length; weight decay "
         f"{cfg.get('weight_decay', 0.0)}, dropout {card_dropout(cfg)}."
     ]

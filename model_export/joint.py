@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.core.types import FloatArray
+from model_export.baseline import teacher_levels
 from model_export.clip_metrics import clip_means, clip_scores, jitter
 from model_export.datasets.base import Clip, originals
 from model_export.evaluate import cv_run_key, metrics
@@ -50,6 +51,7 @@ __all__ = [
     "JointCVResult",
     "JointFold",
     "cross_validate_joint",
+    "distilled",
     "joint_folds",
     "supervision",
     "train_joint",
@@ -94,6 +96,27 @@ def joint_folds(
     return out
 
 
+def distilled(
+    clips: Sequence[Clip], features: Mapping[str, FloatArray], weight: float, folds: int = 5
+) -> list[Clip]:
+    """Clip-labelled clips with targets ``(1 - weight) s + weight u`` (``TrainConfig.clip_teacher``).
+
+    ``u`` is the linear teacher's cross-fitted level (:func:`model_export.baseline.teacher_levels`),
+    fitted on these clips alone (a CV fold passes its training clips, never its test clips); fewer
+    groups than ``folds`` use one fold per group.
+    """
+    if weight == 0.0 or not clips:
+        return list(clips)
+    k = min(folds, len({c.group for c in clips}))
+    levels = teacher_levels(clips, features, k=k)
+    out = []
+    for c in clips:
+        signs = np.sign(c.targets[0])
+        level = ((1.0 - weight) * signs + weight * levels[c.clip_id]).astype(np.float32)
+        out.append(replace(c, targets=np.tile(level, (c.targets.shape[0], 1))))
+    return out
+
+
 def train_joint(
     cfg: TrainConfig,
     frame_clips: Sequence[Clip],
@@ -109,8 +132,12 @@ def train_joint(
         clip_clips: Clip-labelled training clips.
         features: Raw features by clip id.
         seed_offset: Added to ``cfg.seed`` for the validation split and the run (one per CV fold).
+
+    With ``cfg.clip_teacher`` the clip-labelled clips' targets are first graded by the linear teacher
+    (:func:`distilled`), cross-fitted over exactly these clips, validation part included.
     """
     seed = cfg.seed + seed_offset
+    clip_clips = distilled(clip_clips, features, cfg.clip_teacher, cfg.teacher_folds)
     train_part: list[Clip] = []
     val_part: list[Clip] = []
     for clips in (frame_clips, clip_clips):

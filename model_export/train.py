@@ -104,6 +104,13 @@ class TrainConfig:
             after every step (0.995: a time constant of 200 updates, ~3 epochs of VGMIDI + 4Q). Validation,
             early stopping and the returned model use the average; the optimiser's own trajectory is
             unchanged. The model and its graph stay the same (only its weights differ).
+        clip_teacher: ``w`` in [0, 1): if > 0, a clip-labelled clip's target level is
+            ``m ((1 - w) s + w u)`` instead of ``m s``, where ``u`` is a linear teacher's graded score of
+            the clip in (-1, 1) (:func:`model_export.baseline.teacher_levels`, cross-fitted over the
+            training clips only, applied by :func:`model_export.joint.train_joint`): a clip the
+            teacher finds clear keeps about ``m``, one it finds ambiguous or contrary gets a level nearer 0
+            (up to 0.5, every target keeps its label's sign).
+        teacher_folds: Folds of the teacher's cross-fitting over the training clips.
     """
 
     preset: str = "LSTM_AT_400"
@@ -130,6 +137,8 @@ class TrainConfig:
     input_noise: float = 0.0
     lr_choices: tuple[float, ...] = ()
     weight_average: float = 0.0
+    clip_teacher: float = 0.0
+    teacher_folds: int = 5
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -138,6 +147,8 @@ class TrainConfig:
             raise ValueError("clip_target must be in (0, 1] and clip_weight >= 0")
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError("weight_average must be in [0, 1)")
+        if not 0.0 <= self.clip_teacher < 1.0 or self.teacher_folds < 2:
+            raise ValueError("clip_teacher must be in [0, 1) and teacher_folds >= 2")
 
     def model_config(self, num_features: int) -> ModelConfig:
         """The model configuration this run trains."""

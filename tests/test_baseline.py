@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.core.contract import transform_features
-from model_export.baseline import ridge_cv
+from model_export.baseline import clip_probe_cv, clip_probe_decisions, ridge_cv, teacher_levels
 from model_export.datasets.base import Clip
 from model_export.splits import group_folds
 
@@ -79,3 +80,51 @@ def test_augmented_variants_do_not_enter_the_baseline() -> None:
     assert with_variants.clip_ids == plain.clip_ids
     for a, b in zip(with_variants.predictions, plain.predictions, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _clip_labelled(n_clips: int = 80) -> tuple[list[Clip], dict[str, np.ndarray]]:
+    """Clip-labelled clips whose signs follow the mean of two feature columns (one per output)."""
+    rng = np.random.default_rng(1)
+    clips, feats = [], {}
+    for i in range(n_clips):
+        offset = rng.standard_normal(F) * np.where(np.arange(F) < 2, 3.0, 0.3)
+        x = (rng.standard_normal((20, F)) + offset).astype(np.float32)
+        signs = np.where(x[:, :2].mean(axis=0) >= 0, 1.0, -1.0).astype(np.float32)
+        clips.append(
+            Clip(
+                f"q{i}",
+                Path(f"/nonexistent/{i}.mp3"),
+                np.tile(signs, (20, 1)),
+                group=f"a{i // 2}",
+                label_kind="clip",
+            )
+        )
+        feats[f"q{i}"] = x
+    return clips, feats
+
+
+def test_probe_scores_are_tanh_of_out_of_fold_decisions_that_ignore_their_own_label() -> None:
+    clips, feats = _clip_labelled()
+    ids, decisions = clip_probe_decisions(clips, feats, k=4)
+    ids2, scores = clip_probe_cv(clips, feats, k=4)
+    assert ids == ids2 == [c.clip_id for c in clips]
+    np.testing.assert_allclose(scores, np.tanh(decisions), atol=1e-6)
+    signs = np.stack([c.targets[0] for c in clips])
+    assert np.mean(np.sign(decisions) == signs) > 0.75  # the labels are a linear function of the features
+    # Cross-fitted: flipping one clip's label moves every fold's model but the one that scores that clip.
+    flipped = [replace(c, targets=-c.targets) if c.clip_id == "q0" else c for c in clips]
+    _, again = clip_probe_decisions(flipped, feats, k=4)
+    np.testing.assert_allclose(again[0], decisions[0], rtol=1e-6, atol=1e-9)
+    assert not np.allclose(again[1:], decisions[1:])
+
+
+def test_teacher_levels_are_graded_and_keep_the_probe_order() -> None:
+    clips, feats = _clip_labelled()
+    levels = teacher_levels(clips, feats, k=4)
+    _, decisions = clip_probe_decisions(clips, feats, k=4)
+    u = np.stack([levels[c.clip_id] for c in clips])
+    assert np.all(np.abs(u) < 1.0)
+    for d in range(2):
+        assert np.array_equal(np.argsort(u[:, d], kind="stable"), np.argsort(decisions[:, d], kind="stable"))
+        # Not saturated: the spread of the decisions is one unit, so many clips sit well inside (-1, 1).
+        assert np.median(np.abs(u[:, d])) < 0.95

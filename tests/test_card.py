@@ -222,3 +222,10 @@ def test_a_model_trained_on_both_datasets_says_so_with_its_smoothing_and_real_mu
     assert "causal exponential moving average (decay 0.9 per frame, 60 frames" in md
     assert "4Q audio emotion dataset" in md
     assert "`mean_mse` against ±0.5 on the clip mean" in md
+
+
+def test_a_taught_recipe_says_what_its_clip_targets_were(tmp_path: Path) -> None:
+    cfg = {"preset": "LSTM_AT_400", "clip_loss": "mean_mse", "clip_target": 0.5, "clip_teacher": 0.5}
+    card = _card(tmp_path, {"dataset": "vgmidi+fourq", "train_config": cfg}, smoothing=Smoothing(0.9, 60))
+    md = render_markdown(card)
+    assert "against a level between 0 and ±0.5 (0.5 × the label's sign + 0.5 × a cross-fitted linear" in md

@@ -10,8 +10,10 @@ import pytest
 
 from model_export import joint
 from model_export.__main__ import main
+from model_export.baseline import teacher_levels
 from model_export.checkpoint import load_checkpoint
 from model_export.datasets import synthetic
+from model_export.datasets.base import Clip
 from model_export.joint import joint_folds
 from model_export.testing import export_tiny_model
 from tests.datasets_fixtures import write_fourq_tree
@@ -172,3 +174,56 @@ def test_folds_keep_groups_apart_and_share_one_frame_test_fold() -> None:
     for f in folds:
         assert not {clip_groups[i] for i in f.clip_test} & {clip_groups[i] for i in f.clip_train}
         assert not {frame_groups[i] for i in f.frame_test} & {frame_groups[i] for i in f.frame_train}
+
+
+def test_the_teacher_grades_clip_targets_and_keeps_their_signs() -> None:
+    rng = np.random.default_rng(3)
+    clips, feats = [], {}
+    for i in range(30):
+        x = (rng.standard_normal((12, 6)) + rng.standard_normal(6) * 2).astype(np.float32)
+        signs = np.where(x[:, :2].mean(axis=0) >= 0, 1.0, -1.0).astype(np.float32)
+        clips.append(
+            Clip(f"q{i}", Path(f"/x/{i}.mp3"), np.tile(signs, (12, 1)), group=f"a{i // 3}", label_kind="clip")
+        )
+        feats[f"q{i}"] = x
+    assert joint.distilled(clips, feats, 0.0) == clips
+    graded = joint.distilled(clips, feats, 0.5, folds=4)
+    levels = teacher_levels(clips, feats, k=4)
+    for before, after in zip(clips, graded, strict=True):
+        assert after.clip_id == before.clip_id
+        assert after.label_kind == "clip"
+        assert after.targets.shape == before.targets.shape
+        assert np.all(after.targets == after.targets[0])  # still one static level per clip
+        expected = 0.5 * before.targets[0] + 0.5 * levels[before.clip_id]
+        np.testing.assert_allclose(after.targets[0], expected, rtol=1e-6)
+        assert np.array_equal(np.sign(after.targets[0]), before.targets[0])
+    spread = np.stack([c.targets[0] for c in graded])
+    assert np.abs(spread).min() < 0.5 < np.abs(spread).max()  # graded: neither all clear nor all doubtful
+
+
+def test_a_fold_teacher_is_fitted_on_that_fold_training_clips_only(
+    joint_run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, args = joint_run
+    seen: list[set[str]] = []
+    real = teacher_levels
+
+    def recording(clips: list[Clip], features: dict[str, np.ndarray], **kw: int) -> dict[str, np.ndarray]:
+        seen.append({c.clip_id for c in clips})
+        return real(clips, features, **kw)
+
+    monkeypatch.setattr(joint, "teacher_levels", recording)
+    out = tmp / "teacher"
+    taught = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    assert main([*taught, "--clip-teacher", "0.5", "--folds-to-run", "1"]) == 0
+    assert len(seen) == 1
+    (fold,) = (out / "folds").glob("*.npz")
+    (plain,) = [f for f in (tmp / "report" / "folds").glob("*fold0.npz")]
+    assert fold.name != plain.name  # the teacher is part of the fold's key
+    with np.load(fold) as z:
+        tested = {str(v) for v in z["clip_ids"]}
+    assert tested
+    assert not tested & seen[0]  # no test clip informs any training target
+    assert len(seen[0]) + len(tested) == 40
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["rows"][3]["config"]["clip_teacher"] == 0.5
