@@ -29,7 +29,7 @@ from model_export.datasets.registry import RECIPES
 from model_export.model import PRESETS
 from model_export.pipeline import REPO, DataSpec
 from model_export.smoothing import Smoothing
-from model_export.train import CLIP_LOSSES, TrainConfig
+from model_export.train import CLIP_LOSSES, CLIP_TEACHERS, TrainConfig
 
 DEFAULT_CACHE = REPO / "cache"
 
@@ -169,7 +169,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="W",
-        help="blend each clip label's sign with a cross-fitted linear probe's graded score: (1-W) s + W u",
+        help="blend each clip label's sign with a cross-fitted probe's graded score: (1-W) s + W u",
+    )
+    p.add_argument(
+        "--clip-teacher-probe",
+        default="logistic",
+        choices=CLIP_TEACHERS,
+        help="the probe that teaches with --clip-teacher: logistic regression or an RBF-kernel SVM",
     )
     p.add_argument(
         "--model-option",
@@ -202,6 +208,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         lr_choices=tuple(args.lr_choices),
         weight_average=args.weight_average,
         clip_teacher=args.clip_teacher,
+        clip_teacher_probe=args.clip_teacher_probe,
     )
 
 
@@ -446,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an exported model to score on all clip-labelled clips (repeatable), e.g. the shipped one",
     )
     p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
-    p.add_argument("--probe", action="store_true", help="add the linear probe's row (same folds)")
+    p.add_argument(
+        "--probe", action="store_true", help="add the probes' rows, linear and RBF-SVM (same folds)"
+    )
     p.add_argument(
         "--train-folds",
         type=int,

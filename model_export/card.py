@@ -423,9 +423,10 @@ def _clip_loss_line(cfg: Mapping[str, Any], dataset: str) -> list[str]:
         return []
     weight = " weighted by the label's confidence" if cfg.get("clip_confidence") else ""
     teacher = cfg.get("clip_teacher") or 0.0
+    probe = "RBF-kernel SVM" if cfg.get("clip_teacher_probe") == "rbf_svm" else "linear"
     level = (
         f"a level between 0 and ±{cfg.get('clip_target')} ({1 - teacher:g} × the label's sign + "
-        f"{teacher:g} × a cross-fitted linear probe's graded score)"
+        f"{teacher:g} × a cross-fitted {probe} probe's graded score)"
         if teacher
         else f"±{cfg.get('clip_target')}"
     )

@@ -97,18 +97,22 @@ def joint_folds(
 
 
 def distilled(
-    clips: Sequence[Clip], features: Mapping[str, FloatArray], weight: float, folds: int = 5
+    clips: Sequence[Clip],
+    features: Mapping[str, FloatArray],
+    weight: float,
+    folds: int = 5,
+    probe: str = "logistic",
 ) -> list[Clip]:
     """Clip-labelled clips with targets ``(1 - weight) s + weight u`` (``TrainConfig.clip_teacher``).
 
-    ``u`` is the linear teacher's cross-fitted level (:func:`model_export.baseline.teacher_levels`),
+    ``u`` is the ``probe`` teacher's cross-fitted level (:func:`model_export.baseline.teacher_levels`),
     fitted on these clips alone (a CV fold passes its training clips, never its test clips); fewer
     groups than ``folds`` use one fold per group.
     """
     if weight == 0.0 or not clips:
         return list(clips)
     k = min(folds, len({c.group for c in clips}))
-    levels = teacher_levels(clips, features, k=k)
+    levels = teacher_levels(clips, features, k=k, probe=probe)
     out = []
     for c in clips:
         signs = np.sign(c.targets[0])
@@ -137,7 +141,7 @@ def train_joint(
     (:func:`distilled`), cross-fitted over exactly these clips, validation part included.
     """
     seed = cfg.seed + seed_offset
-    clip_clips = distilled(clip_clips, features, cfg.clip_teacher, cfg.teacher_folds)
+    clip_clips = distilled(clip_clips, features, cfg.clip_teacher, cfg.teacher_folds, cfg.clip_teacher_probe)
     train_part: list[Clip] = []
     val_part: list[Clip] = []
     for clips in (frame_clips, clip_clips):

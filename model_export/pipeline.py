@@ -331,7 +331,8 @@ def joint_cv(
         references: Exported models to score on all clip-labelled clips (e.g. the shipped model).
         quoted: A JSON list of rows measured elsewhere, each with a ``source``.
         smoothing: Also report each configuration with this output smoothing (an extra row).
-        probe: Add the linear probe's row (:func:`model_export.baseline.clip_probe_cv`, same folds).
+        probe: Add the probes' rows, linear and RBF-SVM (:func:`model_export.baseline.clip_probe_cv`, same
+            folds).
         train_missing: Train the folds that are not stored (False: a report of the stored ones).
         train_folds: Train only these missing folds (0-based); see :func:`cross_validate_joint`.
 
@@ -362,23 +363,35 @@ def joint_cv(
     if quoted is not None:
         rows += json.loads(quoted.read_text())
     if probe:
-        from model_export.baseline import clip_probe_cv
+        from model_export.baseline import SVM_C, clip_probe_cv
         from model_export.clip_metrics import clip_scores
 
-        ids, scores = clip_probe_cv(clip_data.clips, clip_data.features, k=folds)
         by_id = {c.clip_id: c for c in clip_data.clips}
-        signs = np.stack([np.sign(by_id[i].targets[0]) for i in ids])
-        rows.append(
-            {
-                "model": "linear probe",
-                "source": "logistic regression (L2 0.1) on each clip's mean and std of signed-log1p "
-                "features, one per output, the same folds (its mean level is not a prediction)",
-                "folds": f"{folds}/{folds}",
-                "clip": clip_scores(scores, signs),
-                "frame": None,
-                "jitter": None,
-            }
-        )
+        sources = {
+            "logistic": (
+                "linear probe",
+                "logistic regression (L2 0.1) on each clip's mean and std of signed-log1p features, one "
+                "per output, the same folds (its mean level is not a prediction)",
+            ),
+            "rbf_svm": (
+                "RBF-SVM probe",
+                f"an RBF-kernel SVM (C {SVM_C:g}, gamma 1 / (width × variance)) on the same standardised "
+                "clip statistics, one per output, the same folds (its mean level is not a prediction)",
+            ),
+        }
+        for kind, (name, source) in sources.items():
+            ids, scores = clip_probe_cv(clip_data.clips, clip_data.features, k=folds, probe=kind)
+            signs = np.stack([np.sign(by_id[i].targets[0]) for i in ids])
+            rows.append(
+                {
+                    "model": name,
+                    "source": source,
+                    "folds": f"{folds}/{folds}",
+                    "clip": clip_scores(scores, signs),
+                    "frame": None,
+                    "jitter": None,
+                }
+            )
     genres = None
     if clip_spec.dataset == "fourq":
         from model_export.datasets.fourq import read_metadata

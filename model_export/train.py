@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 #: Losses for clip-level labels (see :class:`TrainConfig`).
 CLIP_LOSSES = ("mean_mse", "hinge", "frame_mse")
 
+#: Probes that can teach clip-level targets (``TrainConfig.clip_teacher_probe``; the probes themselves
+#: live in :mod:`model_export.baseline`).
+CLIP_TEACHERS = ("logistic", "rbf_svm")
+
 
 @dataclass(frozen=True)
 class Supervision:
@@ -105,12 +109,14 @@ class TrainConfig:
             early stopping and the returned model use the average; the optimiser's own trajectory is
             unchanged. The model and its graph stay the same (only its weights differ).
         clip_teacher: ``w`` in [0, 1): if > 0, a clip-labelled clip's target level is
-            ``m ((1 - w) s + w u)`` instead of ``m s``, where ``u`` is a linear teacher's graded score of
+            ``m ((1 - w) s + w u)`` instead of ``m s``, where ``u`` is a probe teacher's graded score of
             the clip in (-1, 1) (:func:`model_export.baseline.teacher_levels`, cross-fitted over the
             training clips only, applied by :func:`model_export.joint.train_joint`): a clip the
             teacher finds clear keeps about ``m``, one it finds ambiguous or contrary gets a level nearer 0
             (up to 0.5, every target keeps its label's sign).
         teacher_folds: Folds of the teacher's cross-fitting over the training clips.
+        clip_teacher_probe: Which probe teaches (:data:`CLIP_TEACHERS`): the linear probe (logistic
+            regression) or the RBF-kernel SVM on the clip's feature mean and std.
     """
 
     preset: str = "LSTM_AT_400"
@@ -139,6 +145,7 @@ class TrainConfig:
     weight_average: float = 0.0
     clip_teacher: float = 0.0
     teacher_folds: int = 5
+    clip_teacher_probe: str = "logistic"
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -149,6 +156,10 @@ class TrainConfig:
             raise ValueError("weight_average must be in [0, 1)")
         if not 0.0 <= self.clip_teacher < 1.0 or self.teacher_folds < 2:
             raise ValueError("clip_teacher must be in [0, 1) and teacher_folds >= 2")
+        if self.clip_teacher_probe not in CLIP_TEACHERS:
+            raise ValueError(
+                f"clip_teacher_probe must be one of {CLIP_TEACHERS}, not {self.clip_teacher_probe!r}"
+            )
 
     def model_config(self, num_features: int) -> ModelConfig:
         """The model configuration this run trains."""

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from app.core.contract import transform_features
-from model_export.baseline import clip_probe_cv, clip_probe_decisions, ridge_cv, teacher_levels
+from model_export.baseline import (
+    clip_probe_cv,
+    clip_probe_decisions,
+    rbf_kernel,
+    ridge_cv,
+    teacher_levels,
+)
 from model_export.datasets.base import Clip
 from model_export.splits import group_folds
 
@@ -128,3 +134,77 @@ def test_teacher_levels_are_graded_and_keep_the_probe_order() -> None:
         assert np.array_equal(np.argsort(u[:, d], kind="stable"), np.argsort(decisions[:, d], kind="stable"))
         # Not saturated: the spread of the decisions is one unit, so many clips sit well inside (-1, 1).
         assert np.median(np.abs(u[:, d])) < 0.95
+
+
+def _radial(n_clips: int = 120) -> tuple[list[Clip], dict[str, np.ndarray]]:
+    """Clips of four columns whose arousal sign says whether the clip lies far from the centre of the
+    first two (a ring: no line can tell) and whose valence sign is linear in the third.
+
+    Every frame of a clip is the same, so the frame std (which the signed-log1p compression would make
+    a function of the distance from zero) carries nothing: the linear probe sees only the means.
+    """
+    rng = np.random.default_rng(5)
+    clips, feats = [], {}
+    for i in range(n_clips):
+        x = np.tile(rng.standard_normal(4) * 2.0, (10, 1)).astype(np.float32)
+        radius = float(np.linalg.norm(x[0, :2]))
+        signs = np.array([1.0 if radius > 2.4 else -1.0, 1.0 if x[0, 2] >= 0 else -1.0], np.float32)
+        clips.append(
+            Clip(
+                f"r{i}",
+                Path(f"/nonexistent/{i}.mp3"),
+                np.tile(signs, (10, 1)),
+                group=f"a{i // 3}",
+                label_kind="clip",
+            )
+        )
+        feats[f"r{i}"] = x
+    return clips, feats
+
+
+def test_rbf_kernel_is_the_gaussian_of_pairwise_distances() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 7)), rng.standard_normal((4, 7))
+    naive = np.array([[np.exp(-0.3 * np.sum((x - y) ** 2)) for y in b] for x in a])
+    np.testing.assert_allclose(rbf_kernel(a, b, 0.3), naive, rtol=1e-10)
+    np.testing.assert_allclose(np.diag(rbf_kernel(a, a, 0.3)), 1.0)
+
+
+def test_the_rbf_svm_probe_finds_a_boundary_the_linear_probe_cannot() -> None:
+    clips, feats = _radial()
+    signs = np.stack([c.targets[0] for c in clips])
+    _, linear = clip_probe_decisions(clips, feats, k=4)
+    ids, svm = clip_probe_decisions(clips, feats, k=4, probe="rbf_svm")
+    assert ids == [c.clip_id for c in clips]
+    lin_acc, svm_acc = (
+        [float(np.mean(np.sign(d[:, j]) == signs[:, j])) for j in range(2)] for d in (linear, svm)
+    )
+    assert lin_acc[0] < 0.7 < 0.85 < svm_acc[0]  # a ring: out of reach of any line through the clip means
+    assert svm_acc[1] > 0.9  # and it still finds a linear label
+    _, scores = clip_probe_cv(clips, feats, k=4, probe="rbf_svm")
+    np.testing.assert_allclose(scores, np.tanh(svm), atol=1e-6)
+
+
+def test_the_rbf_svm_probe_is_cross_fitted() -> None:
+    clips, feats = _radial(60)
+    _, decisions = clip_probe_decisions(clips, feats, k=4, probe="rbf_svm")
+    flipped = [replace(c, targets=-c.targets) if c.clip_id == "r0" else c for c in clips]
+    _, again = clip_probe_decisions(flipped, feats, k=4, probe="rbf_svm")
+    np.testing.assert_allclose(again[0], decisions[0], rtol=1e-9, atol=1e-12)  # its own label: unseen
+    assert not np.allclose(again[1:], decisions[1:])
+
+
+def test_an_rbf_svm_teacher_keeps_its_probe_order() -> None:
+    clips, feats = _radial(60)
+    levels = teacher_levels(clips, feats, k=4, probe="rbf_svm")
+    _, decisions = clip_probe_decisions(clips, feats, k=4, probe="rbf_svm")
+    u = np.stack([levels[c.clip_id] for c in clips])
+    assert np.all(np.abs(u) < 1.0)
+    for d in range(2):
+        assert np.array_equal(np.argsort(u[:, d], kind="stable"), np.argsort(decisions[:, d], kind="stable"))
+
+
+def test_an_unknown_probe_is_refused() -> None:
+    clips, feats = _radial(12)
+    with pytest.raises(ValueError, match="probe must be one of"):
+        clip_probe_decisions(clips, feats, k=4, probe="forest")

@@ -229,3 +229,7 @@ def test_a_taught_recipe_says_what_its_clip_targets_were(tmp_path: Path) -> None
     card = _card(tmp_path, {"dataset": "vgmidi+fourq", "train_config": cfg}, smoothing=Smoothing(0.9, 60))
     md = render_markdown(card)
     assert "against a level between 0 and ±0.5 (0.5 × the label's sign + 0.5 × a cross-fitted linear" in md
+    svm = _card(
+        tmp_path, {"dataset": "vgmidi+fourq", "train_config": {**cfg, "clip_teacher_probe": "rbf_svm"}}
+    )
+    assert "0.5 × a cross-fitted RBF-kernel SVM probe's graded score" in render_markdown(svm)

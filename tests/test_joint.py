@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +41,12 @@ def fourq_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fourq_tree(tmp_path_factory.mktemp("4q"), rows, audio=audio, sample_rate=RATE)
 
 
+def _row(doc: dict[str, Any], model: str) -> dict[str, Any]:
+    """The report row of one model (rows are references, quoted rows, probes, then the trained models)."""
+    (row,) = [r for r in doc["rows"] if r["model"] == model]
+    return dict(row)
+
+
 @pytest.fixture(scope="module")
 def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tuple[Path, list[str]]:
     tmp = tmp_path_factory.mktemp("joint")
@@ -74,13 +81,15 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
         "tiny 0.0.1",
         "quoted probe",
         "linear probe",
+        "RBF-SVM probe",
         "LSTM_AT_400",
         "LSTM_AT_400 + smoothing 0.9",
     ]
-    probe = doc["rows"][2]
-    assert probe["clip"]["clips"] == 40
-    assert probe["clip"]["arousal"]["auc"] > 0.7  # a linear map of clip statistics finds the arousal too
-    row = doc["rows"][3]
+    for probe in doc["rows"][2:4]:
+        assert probe["clip"]["clips"] == 40
+        assert probe["clip"]["arousal"]["auc"] > 0.7  # a map of clip statistics finds the arousal too
+    assert "RBF-kernel SVM" in doc["rows"][3]["source"]
+    row = doc["rows"][4]
     assert row["folds"] == "2/2"
     assert row["clip"]["clips"] == 40
     assert sum(map(sum, row["clip"]["confusion"])) == 40
@@ -96,7 +105,7 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     assert (tmp / "report" / "clip_means.png").stat().st_size > 1000
     # The clip labels were learnt: the clip means rank arousal better than chance, out of fold.
     assert row["clip"]["arousal"]["auc"] > 0.7
-    smoothed = doc["rows"][4]
+    smoothed = doc["rows"][5]
     for d in (0, 1):  # the same predictions, smoothed: far smaller steps, the same labels
         assert smoothed["jitter"]["predictions"][d] < 0.5 * row["jitter"]["predictions"][d]
         assert smoothed["jitter"]["labels"][d] == row["jitter"]["labels"][d]
@@ -117,13 +126,13 @@ def test_stored_folds_rebuild_the_report_without_training(
     monkeypatch.setattr(joint, "train_joint", refuse)
     assert main(args) == 0
     after = json.loads((tmp / "report" / "report.json").read_text())
-    assert after["rows"][3]["clip"] == before["rows"][3]["clip"]
-    assert after["rows"][3]["frame_per_fold"] == before["rows"][3]["frame_per_fold"]
+    assert _row(after, "LSTM_AT_400")["clip"] == _row(before, "LSTM_AT_400")["clip"]
+    assert _row(after, "LSTM_AT_400")["frame_per_fold"] == _row(before, "LSTM_AT_400")["frame_per_fold"]
     # --report-only with a preset that has no stored folds: it is left out, the others are reported.
     nat = [*args[: args.index("LSTM_AT_400") + 1], "LSTM_NAT_400", *args[args.index("LSTM_AT_400") + 1 :]]
     assert main([*nat, "--report-only"]) == 0
     rows = {r["model"]: r for r in json.loads((tmp / "report" / "report.json").read_text())["rows"]}
-    assert rows["LSTM_AT_400"]["clip"] == before["rows"][3]["clip"]
+    assert rows["LSTM_AT_400"]["clip"] == _row(before, "LSTM_AT_400")["clip"]
     assert "LSTM_NAT_400" not in rows
 
 
@@ -133,11 +142,11 @@ def test_a_cv_split_over_two_runs_with_train_folds_equals_one_run(joint_run: tup
     split = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
     assert main([*split, "--train-folds", "2"]) == 0
     assert [f.name.rsplit("_", 1)[-1] for f in (out / "folds").glob("*.npz")] == ["fold1.npz"]
-    assert json.loads((out / "report.json").read_text())["rows"][3]["folds"] == "1/2"
+    assert _row(json.loads((out / "report.json").read_text()), "LSTM_AT_400")["folds"] == "1/2"
     assert main([*split, "--train-folds", "1"]) == 0  # trains fold 1, restores fold 2
     assert len(list((out / "folds").glob("*.npz"))) == 2
-    whole = json.loads((tmp / "report" / "report.json").read_text())["rows"][3]
-    parts = json.loads((out / "report.json").read_text())["rows"][3]
+    whole = _row(json.loads((tmp / "report" / "report.json").read_text()), "LSTM_AT_400")
+    parts = _row(json.loads((out / "report.json").read_text()), "LSTM_AT_400")
     assert parts["folds"] == "2/2"
     assert parts["clip"] == whole["clip"]
     assert parts["frame_per_fold"] == whole["frame_per_fold"]
@@ -176,7 +185,8 @@ def test_folds_keep_groups_apart_and_share_one_frame_test_fold() -> None:
         assert not {frame_groups[i] for i in f.frame_test} & {frame_groups[i] for i in f.frame_train}
 
 
-def test_the_teacher_grades_clip_targets_and_keeps_their_signs() -> None:
+@pytest.mark.parametrize("probe", ["logistic", "rbf_svm"])
+def test_the_teacher_grades_clip_targets_and_keeps_their_signs(probe: str) -> None:
     rng = np.random.default_rng(3)
     clips, feats = [], {}
     for i in range(30):
@@ -187,8 +197,8 @@ def test_the_teacher_grades_clip_targets_and_keeps_their_signs() -> None:
         )
         feats[f"q{i}"] = x
     assert joint.distilled(clips, feats, 0.0) == clips
-    graded = joint.distilled(clips, feats, 0.5, folds=4)
-    levels = teacher_levels(clips, feats, k=4)
+    graded = joint.distilled(clips, feats, 0.5, folds=4, probe=probe)
+    levels = teacher_levels(clips, feats, k=4, probe=probe)
     for before, after in zip(clips, graded, strict=True):
         assert after.clip_id == before.clip_id
         assert after.label_kind == "clip"
@@ -201,22 +211,26 @@ def test_the_teacher_grades_clip_targets_and_keeps_their_signs() -> None:
     assert np.abs(spread).min() < 0.5 < np.abs(spread).max()  # graded: neither all clear nor all doubtful
 
 
+@pytest.mark.parametrize("probe", ["logistic", "rbf_svm"])
 def test_a_fold_teacher_is_fitted_on_that_fold_training_clips_only(
-    joint_run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+    joint_run: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch, probe: str
 ) -> None:
     tmp, args = joint_run
     seen: list[set[str]] = []
+    probes: list[object] = []
     real = teacher_levels
 
-    def recording(clips: list[Clip], features: dict[str, np.ndarray], **kw: int) -> dict[str, np.ndarray]:
+    def recording(clips: list[Clip], features: dict[str, np.ndarray], **kw: Any) -> dict[str, np.ndarray]:
         seen.append({c.clip_id for c in clips})
+        probes.append(kw.get("probe"))
         return real(clips, features, **kw)
 
     monkeypatch.setattr(joint, "teacher_levels", recording)
-    out = tmp / "teacher"
+    out = tmp / f"teacher_{probe}"
     taught = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
-    assert main([*taught, "--clip-teacher", "0.5", "--folds-to-run", "1"]) == 0
+    assert main([*taught, "--clip-teacher", "0.5", "--clip-teacher-probe", probe, "--folds-to-run", "1"]) == 0
     assert len(seen) == 1
+    assert probes == [probe]
     (fold,) = (out / "folds").glob("*.npz")
     (plain,) = [f for f in (tmp / "report" / "folds").glob("*fold0.npz")]
     assert fold.name != plain.name  # the teacher is part of the fold's key
@@ -226,4 +240,5 @@ def test_a_fold_teacher_is_fitted_on_that_fold_training_clips_only(
     assert not tested & seen[0]  # no test clip informs any training target
     assert len(seen[0]) + len(tested) == 40
     doc = json.loads((out / "report.json").read_text())
-    assert doc["rows"][3]["config"]["clip_teacher"] == 0.5
+    assert _row(doc, "LSTM_AT_400")["config"]["clip_teacher_probe"] == probe
+    assert _row(doc, "LSTM_AT_400")["config"]["clip_teacher"] == 0.5

@@ -315,6 +315,8 @@ def test_unknown_clip_loss_is_refused() -> None:
         TrainConfig(clip_loss="mae")
     with pytest.raises(ValueError, match="clip_target"):
         TrainConfig(clip_target=0.0)
+    with pytest.raises(ValueError, match="clip_teacher_probe"):
+        TrainConfig(clip_teacher=0.5, clip_teacher_probe="forest")
 
 
 def test_domain_statistics_standardise_each_kind_with_its_own_and_serve_the_clip_labelled_ones() -> None:
