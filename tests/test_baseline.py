@@ -96,17 +96,20 @@ def _clip_labelled(n_clips: int = 80) -> tuple[list[Clip], dict[str, np.ndarray]
         offset = rng.standard_normal(F) * np.where(np.arange(F) < 2, 3.0, 0.3)
         x = (rng.standard_normal((20, F)) + offset).astype(np.float32)
         signs = np.where(x[:, :2].mean(axis=0) >= 0, 1.0, -1.0).astype(np.float32)
-        clips.append(
-            Clip(
-                f"q{i}",
-                Path(f"/nonexistent/{i}.mp3"),
-                np.tile(signs, (20, 1)),
-                group=f"a{i // 2}",
-                label_kind="clip",
-            )
-        )
+        clips.append(_clip(f"q{i}", signs, 20, group=f"a{i // 2}"))
         feats[f"q{i}"] = x
     return clips, feats
+
+
+def _clip(clip_id: str, signs: np.ndarray, frames: int, group: str) -> Clip:
+    """A clip-labelled clip: one static sign per output on every frame."""
+    return Clip(
+        clip_id,
+        Path(f"/nonexistent/{clip_id}.mp3"),
+        np.tile(signs, (frames, 1)),
+        group=group,
+        label_kind="clip",
+    )
 
 
 def test_probe_scores_are_tanh_of_out_of_fold_decisions_that_ignore_their_own_label() -> None:
@@ -149,15 +152,7 @@ def _radial(n_clips: int = 120) -> tuple[list[Clip], dict[str, np.ndarray]]:
         x = np.tile(rng.standard_normal(4) * 2.0, (10, 1)).astype(np.float32)
         radius = float(np.linalg.norm(x[0, :2]))
         signs = np.array([1.0 if radius > 2.4 else -1.0, 1.0 if x[0, 2] >= 0 else -1.0], np.float32)
-        clips.append(
-            Clip(
-                f"r{i}",
-                Path(f"/nonexistent/{i}.mp3"),
-                np.tile(signs, (10, 1)),
-                group=f"a{i // 3}",
-                label_kind="clip",
-            )
-        )
+        clips.append(_clip(f"r{i}", signs, 10, group=f"a{i // 3}"))
         feats[f"r{i}"] = x
     return clips, feats
 
