@@ -28,6 +28,7 @@ from app.core.audio import decode
 from app.core.contract import OUTPUTS, transform_features
 from app.core.features import FeatureExtractor
 from app.core.types import Float64Array, FloatArray
+from model_export.clip_metrics import clip_scores
 from model_export.datasets.base import Clip, originals
 from model_export.evaluate import CVResult
 from model_export.splits import group_folds
@@ -294,6 +295,39 @@ def clip_probe_cv(
     """
     ids, decisions = clip_probe_decisions(clips, features, k, lam, transform, fold_seed, max_iter, probe)
     return ids, np.tanh(decisions).astype(np.float32)
+
+
+#: The report's name and description of each probe's row (:func:`clip_probe_row`).
+PROBE_ROWS = {
+    "logistic": (
+        "linear probe",
+        "logistic regression (L2 0.1) on each clip's mean and std of signed-log1p features, one per output, "
+        "the same folds (its mean level is not a prediction)",
+    ),
+    "rbf_svm": (
+        "RBF-SVM probe",
+        f"an RBF-kernel SVM (C {SVM_C:g}, gamma 1 / (width × variance)) on the same standardised clip "
+        "statistics, one per output, the same folds (its mean level is not a prediction)",
+    ),
+}
+
+
+def clip_probe_row(
+    clips: Sequence[Clip], features: Mapping[str, FloatArray], k: int, probe: str
+) -> dict[str, Any]:
+    """The joint report's row of one probe (:func:`clip_probe_cv` on ``k`` folds): its clip scores."""
+    ids, scores = clip_probe_cv(clips, features, k=k, probe=probe)
+    by_id = {c.clip_id: c for c in clips}
+    signs = np.stack([np.sign(by_id[i].targets[0]) for i in ids])
+    name, source = PROBE_ROWS[probe]
+    return {
+        "model": name,
+        "source": source,
+        "folds": f"{k}/{k}",
+        "clip": clip_scores(scores, signs),
+        "frame": None,
+        "jitter": None,
+    }
 
 
 def teacher_levels(

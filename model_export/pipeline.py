@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from app.core.contract import FeatureConfig, ModelContract
 from app.core.features import FeatureExtractor, opensmile_version
 from app.core.types import FloatArray
@@ -363,35 +361,9 @@ def joint_cv(
     if quoted is not None:
         rows += json.loads(quoted.read_text())
     if probe:
-        from model_export.baseline import SVM_C, clip_probe_cv
-        from model_export.clip_metrics import clip_scores
+        from model_export.baseline import PROBES, clip_probe_row
 
-        by_id = {c.clip_id: c for c in clip_data.clips}
-        sources = {
-            "logistic": (
-                "linear probe",
-                "logistic regression (L2 0.1) on each clip's mean and std of signed-log1p features, one "
-                "per output, the same folds (its mean level is not a prediction)",
-            ),
-            "rbf_svm": (
-                "RBF-SVM probe",
-                f"an RBF-kernel SVM (C {SVM_C:g}, gamma 1 / (width × variance)) on the same standardised "
-                "clip statistics, one per output, the same folds (its mean level is not a prediction)",
-            ),
-        }
-        for kind, (name, source) in sources.items():
-            ids, scores = clip_probe_cv(clip_data.clips, clip_data.features, k=folds, probe=kind)
-            signs = np.stack([np.sign(by_id[i].targets[0]) for i in ids])
-            rows.append(
-                {
-                    "model": name,
-                    "source": source,
-                    "folds": f"{folds}/{folds}",
-                    "clip": clip_scores(scores, signs),
-                    "frame": None,
-                    "jitter": None,
-                }
-            )
+        rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
     genres = None
     if clip_spec.dataset == "fourq":
         from model_export.datasets.fourq import read_metadata
