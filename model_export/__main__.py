@@ -178,6 +178,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="the probe that teaches with --clip-teacher: logistic regression or an RBF-kernel SVM",
     )
     p.add_argument(
+        "--input-rank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="train the input weights inside the training frames' K leading principal directions (0: off)",
+    )
+    p.add_argument(
         "--model-option",
         action="append",
         default=[],
@@ -209,6 +216,7 @@ def _train_config(args: argparse.Namespace, preset: str) -> TrainConfig:
         weight_average=args.weight_average,
         clip_teacher=args.clip_teacher,
         clip_teacher_probe=args.clip_teacher_probe,
+        input_rank=args.input_rank,
     )
 
 

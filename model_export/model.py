@@ -64,6 +64,7 @@ __all__ = [
     "CausalWindowAttention",
     "EmotionRNN",
     "ModelConfig",
+    "SubspaceInput",
     "build_model",
     "export_onnx",
     "fast_cpu_context",
@@ -368,6 +369,56 @@ class EmotionRNN(nn.Module):
             raise ValueError(f"{self.config.name} has no attention")
         _, alpha = self.attention(self.encode(x))
         return cast(Tensor, alpha)
+
+
+class SubspaceInput(nn.Module):
+    """Training-time view of an :class:`EmotionRNN` whose input weights live in a fixed k-dim subspace.
+
+    The first LSTM layer's input weights ``W`` (4H, F) are written ``W = U B^T`` with a fixed basis
+    ``B`` (F, k) of orthonormal columns and a trainable ``U`` (4H, k): the model can only respond to the
+    part of each frame inside the span of ``B`` (the training frames' leading principal directions,
+    :func:`model_export.train.input_basis`). With F = 6373 inputs and a few hundred clips this is a
+    constraint on what the 10 M input weights can fit, not a new layer: :meth:`fold` multiplies it out
+    into an ordinary full-width :class:`EmotionRNN` with the same outputs, so the exported graph, its
+    interface and the contract are those of the paper's model. Training is also cheaper: the
+    (frames, F) x (F, 4H) input projection becomes (frames, F) x (F, k) then (k, 4H).
+
+    Args:
+        model: A full-width model (its initialisation is kept, projected onto the subspace:
+            ``U = W B``, so the folded start is the usual Glorot start restricted to the subspace).
+        basis: ``(F, k)`` with orthonormal columns, ``k <= F``.
+    """
+
+    def __init__(self, model: EmotionRNN, basis: Tensor) -> None:
+        super().__init__()
+        full = model.config
+        f = full.num_features
+        if basis.ndim != 2 or basis.shape[0] != f or not 1 <= basis.shape[1] <= f:
+            raise ValueError(f"basis must be ({f}, k), not {tuple(basis.shape)}")
+        self.full_config = full
+        self.inner = build_model(dataclasses.replace(full, num_features=int(basis.shape[1])), seed=0)
+        state = model.state_dict()
+        state[_INPUT_WEIGHT] = state[_INPUT_WEIGHT] @ basis
+        self.inner.load_state_dict(state)
+        self.basis: Tensor
+        self.register_buffer("basis", basis.detach().clone().contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """:meth:`EmotionRNN.forward` of the folded model, computed through the subspace."""
+        return cast(Tensor, self.inner(x @ self.basis))
+
+    def fold(self) -> EmotionRNN:
+        """The full-width :class:`EmotionRNN` with input weights ``U B^T``: the same function of x."""
+        out = build_model(self.full_config, seed=0)
+        state = self.inner.state_dict()
+        state[_INPUT_WEIGHT] = state[_INPUT_WEIGHT] @ self.basis.T
+        out.load_state_dict(state)
+        out.train(self.training)
+        return out
+
+
+#: The first LSTM layer's input weights (the only parameters that see the F inputs).
+_INPUT_WEIGHT = "encoder.0.weight_ih_l0"
 
 
 def build_model(config: ModelConfig, *, seed: int | None = None) -> EmotionRNN:

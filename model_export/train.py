@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from app.core.contract import OUTPUTS
 from app.core.types import FloatArray
-from model_export.model import PRESETS, EmotionRNN, ModelConfig, build_model, fast_cpu_context
+from model_export.model import PRESETS, EmotionRNN, ModelConfig, SubspaceInput, build_model, fast_cpu_context
 from model_export.normaliser import Normaliser, fit_statistics
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,11 @@ class TrainConfig:
         teacher_folds: Folds of the teacher's cross-fitting over the training clips.
         clip_teacher_probe: Which probe teaches (:data:`CLIP_TEACHERS`): the linear probe (logistic
             regression) or the RBF-kernel SVM on the clip's feature mean and std.
+        input_rank: If > 0, train the first LSTM layer's input weights inside the span of the training
+            frames' ``input_rank`` leading principal directions (:func:`input_basis`,
+            :class:`~model_export.model.SubspaceInput`): a constraint for 6 373 inputs and a few hundred
+            clips. The returned model is the ordinary full-width one (the weights multiplied out), so
+            the graph and the contract do not change. 0: unconstrained (the paper's training).
     """
 
     preset: str = "LSTM_AT_400"
@@ -146,6 +151,7 @@ class TrainConfig:
     clip_teacher: float = 0.0
     teacher_folds: int = 5
     clip_teacher_probe: str = "logistic"
+    input_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.clip_loss not in CLIP_LOSSES:
@@ -156,6 +162,8 @@ class TrainConfig:
             raise ValueError("weight_average must be in [0, 1)")
         if not 0.0 <= self.clip_teacher < 1.0 or self.teacher_folds < 2:
             raise ValueError("clip_teacher must be in [0, 1) and teacher_folds >= 2")
+        if self.input_rank < 0:
+            raise ValueError(f"input_rank must be >= 0, not {self.input_rank}")
         if self.clip_teacher_probe not in CLIP_TEACHERS:
             raise ValueError(
                 f"clip_teacher_probe must be one of {CLIP_TEACHERS}, not {self.clip_teacher_probe!r}"
@@ -344,6 +352,45 @@ def predict(model: nn.Module, seqs: Sequence[TrainSequence], batch_size: int = 1
     return [p for p in out if p is not None]
 
 
+#: At most this many training frames (an even stride through every sequence) inform the input basis:
+#: 20 000 frames x 6 373 inputs is 0.5 GB of float32, where all of VGMIDI + 4Q's ~65 000 would be 1.7 GB.
+BASIS_FRAMES = 20_000
+
+
+def input_basis(sequences: Sequence[torch.Tensor], rank: int, seed: int = 0) -> torch.Tensor:
+    """The ``rank`` leading principal directions of normalised training frames, ``(F, rank)`` orthonormal.
+
+    The frames of every sequence (every ``s``-th one when they number more than :data:`BASIS_FRAMES`)
+    are centred and decomposed: a randomised SVD (:func:`torch.svd_lowrank`, 4 power iterations, seeded
+    so runs repeat) when ``rank`` is small against the matrix, an exact one otherwise.
+
+    Args:
+        sequences: ``(T_i, F)`` normalised frames.
+        rank: Directions to keep, ``1 <= rank <= min(frames used, F)``.
+        seed: Seed of the randomised SVD (the global RNG is left untouched).
+
+    Returns:
+        The basis, float32.
+
+    Raises:
+        ValueError: When ``rank`` is out of range.
+    """
+    total = sum(int(x.shape[0]) for x in sequences)
+    stride = max(1, math.ceil(total / BASIS_FRAMES))
+    x = torch.cat([s[::stride] for s in sequences]).to(torch.float32)
+    if not 1 <= rank <= min(x.shape):
+        raise ValueError(f"input_rank must be in [1, {min(x.shape)}] for {x.shape[0]} frames, not {rank}")
+    x = x - x.mean(dim=0, keepdim=True)
+    q = rank + 10
+    if 2 * q >= min(x.shape):
+        vh: torch.Tensor = torch.linalg.svd(x, full_matrices=False)[2]
+        return vh[:rank].T.contiguous()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(x, q=q, niter=4)
+    return v[:, :rank].contiguous()
+
+
 def train(
     cfg: TrainConfig,
     train_features: Sequence[FloatArray],
@@ -429,7 +476,10 @@ def _train(
     noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 0x401)
     val_seqs = sequences(val_features, val_targets, val_supervision or [FRAME_LABELS] * len(val_features))
     model_cfg = cfg.model_config(int(normaliser.mean.shape[0]))
-    model = build_model(model_cfg, seed=cfg.seed)
+    model: nn.Module = build_model(model_cfg, seed=cfg.seed)
+    if cfg.input_rank:
+        basis = input_basis([s.x for r in renditions for s in r], cfg.input_rank, cfg.seed)
+        model = SubspaceInput(cast(EmotionRNN, model), basis)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The averaged copy only watches the optimiser's trajectory; it is what validation scores.
     averaged = (
@@ -487,8 +537,9 @@ def _train(
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
+    final = model.fold() if isinstance(model, SubspaceInput) else cast(EmotionRNN, model)
+    final.eval()
+    return TrainResult(final, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
 
 
 def _cropped(seqs: Sequence[TrainSequence], min_frames: int, rng: np.random.Generator) -> list[TrainSequence]:

@@ -242,3 +242,16 @@ def test_a_fold_teacher_is_fitted_on_that_fold_training_clips_only(
     doc = json.loads((out / "report.json").read_text())
     assert _row(doc, "LSTM_AT_400")["config"]["clip_teacher_probe"] == probe
     assert _row(doc, "LSTM_AT_400")["config"]["clip_teacher"] == 0.5
+
+
+def test_input_rank_reaches_training_and_keys_its_folds(joint_run: tuple[Path, list[str]]) -> None:
+    tmp, args = joint_run
+    out = tmp / "rank"
+    ranked = [*args[: args.index("--out") + 1], str(out), *args[args.index("--out") + 2 :]]
+    assert main([*ranked, "--input-rank", "8", "--folds-to-run", "1"]) == 0
+    (fold,) = (out / "folds").glob("*.npz")
+    (plain,) = [f for f in (tmp / "report" / "folds").glob("*fold0.npz")]
+    assert fold.name != plain.name  # the constraint is part of the fold's key
+    doc = json.loads((out / "report.json").read_text())
+    assert _row(doc, "LSTM_AT_400")["config"]["input_rank"] == 8
+    assert _row(doc, "LSTM_AT_400")["clip"]["clips"] > 0

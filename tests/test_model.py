@@ -20,6 +20,7 @@ from model_export.model import (
     CausalWindowAttention,
     EmotionRNN,
     ModelConfig,
+    SubspaceInput,
     build_model,
     export_onnx,
     fast_cpu_context,
@@ -335,6 +336,48 @@ def test_onnx_full_size_lstm_at_400(tmp_path: Path) -> None:
     x = feats(1, 61, 6373)
     assert max_diff(session, model, x) <= 1e-4
     assert time.perf_counter() - start < 60
+
+
+# --- training inside an input subspace ------------------------------------------------------------------
+
+
+def orthonormal(f: int, k: int, seed: int = 0) -> torch.Tensor:
+    q: torch.Tensor = torch.linalg.qr(torch.randn(f, k, generator=torch.Generator().manual_seed(seed)))[0]
+    return q
+
+
+@pytest.mark.parametrize("kind", ["AT", "NAT"])
+def test_subspace_input_folds_into_the_same_full_width_model(kind: str, tmp_path: Path) -> None:
+    full = small(kind)
+    basis = orthonormal(F_SMALL, 6)
+    sub = SubspaceInput(full, basis).eval()
+    # The start is the full model's own initialisation, restricted to the subspace.
+    start, own = sub.inner.state_dict(), full.state_dict()
+    torch.testing.assert_close(start["encoder.0.weight_ih_l0"], own["encoder.0.weight_ih_l0"] @ basis)
+    with torch.no_grad():  # give the subspace weights something to carry beyond their start
+        for p in sub.inner.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    folded = sub.fold()
+    assert isinstance(folded, EmotionRNN)
+    assert folded.config == full.config
+    assert not folded.training
+    x = feats(3, 40, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(run(folded, x), sub(x), atol=1e-5, rtol=0)
+    # The folded input weights live in the span of the basis: what lies outside it changes nothing.
+    w = folded.state_dict()["encoder.0.weight_ih_l0"]
+    assert float((w - w @ basis @ basis.T).abs().max()) < 1e-5
+    outside = torch.randn(3, 40, F_SMALL, generator=torch.Generator().manual_seed(8))
+    outside = outside - outside @ basis @ basis.T
+    torch.testing.assert_close(run(folded, x + 5 * outside), run(folded, x), atol=1e-5, rtol=0)
+    # And it is an ordinary model: its ONNX graph matches it like any other.
+    assert max_diff(onnx_session(folded, tmp_path / "folded.onnx"), folded, x) <= 1e-4
+
+
+def test_subspace_input_refuses_a_basis_of_the_wrong_shape() -> None:
+    for shape in ((F_SMALL + 1, 4), (F_SMALL, 0), (F_SMALL,)):
+        with pytest.raises(ValueError, match="basis"):
+            SubspaceInput(small(), torch.zeros(shape))
 
 
 def test_window_covering_the_past_equals_unbounded_attention() -> None:

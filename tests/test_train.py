@@ -8,7 +8,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from app.core.contract import FeatureConfig, ModelContract
+from model_export import train as train_module
 from model_export.evaluate import metrics
+from model_export.model import EmotionRNN
 from model_export.normaliser import Normaliser, fit_statistics
 from model_export.splits import group_folds, validation_split
 from model_export.train import (
@@ -18,6 +20,7 @@ from model_export.train import (
     _cropped,
     _pad,
     batch_loss,
+    input_basis,
     make_batches,
     make_sequences,
     predict,
@@ -407,3 +410,76 @@ def test_weight_average_is_the_ema_of_the_unchanged_trajectory_at_the_best_epoch
     assert not _same_weights(plain, averaged)
     with pytest.raises(ValueError, match="weight_average"):
         _cfg(weight_average=1.0)
+
+
+def _low_rank_frames(f: int, k: int, n_seqs: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sequences whose frames vary mostly inside a known k-dim subspace (plus a little isotropic noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    span, _ = torch.linalg.qr(torch.randn(f, k, generator=gen))
+    scales = torch.linspace(10.0, 5.0, k)
+    seqs = [
+        (torch.randn(t, k, generator=gen) * scales) @ span.T + 0.1 * torch.randn(t, f, generator=gen) + 3.0
+        for t in torch.randint(20, 60, (n_seqs,), generator=gen).tolist()
+    ]
+    return seqs, span
+
+
+def _captured(basis: torch.Tensor, span: torch.Tensor) -> float:
+    """Smallest cosine between the span and the basis: 1 when the basis contains the span."""
+    return float(torch.linalg.svdvals(basis.T @ span).min())
+
+
+@pytest.mark.parametrize(("f", "rank"), [(12, 3), (200, 3)])  # the exact and the randomised SVD
+def test_input_basis_spans_the_leading_principal_directions(f: int, rank: int) -> None:
+    seqs, span = _low_rank_frames(f, rank, 20, seed=f)
+    basis = input_basis(seqs, rank, seed=1)
+    assert basis.shape == (f, rank)
+    assert basis.dtype == torch.float32
+    torch.testing.assert_close(basis.T @ basis, torch.eye(rank), atol=1e-5, rtol=0)
+    assert _captured(basis, span) > 0.99
+    assert torch.equal(input_basis(seqs, rank, seed=1), basis)  # seeded: runs repeat
+    with pytest.raises(ValueError, match="input_rank"):
+        input_basis(seqs, f + 1)
+    with pytest.raises(ValueError, match="input_rank"):
+        input_basis(seqs, 0)
+
+
+def test_input_basis_strides_through_long_training_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    seqs, span = _low_rank_frames(40, 2, 30, seed=5)
+    seen: list[int] = []
+    real_svd = torch.linalg.svd
+
+    def recording(x: torch.Tensor, **kw: object) -> object:
+        seen.append(int(x.shape[0]))
+        return real_svd(x, **kw)
+
+    monkeypatch.setattr(train_module, "BASIS_FRAMES", 200)
+    monkeypatch.setattr(torch.linalg, "svd", recording)
+    basis = input_basis(seqs, 15)  # 2 x (15 + 10) >= 40 inputs: the exact SVD, of the frames used
+    total = sum(s.shape[0] for s in seqs)
+    assert seen
+    assert 100 <= seen[0] <= 200 + len(seqs) < total  # every s-th frame of every sequence
+    assert _captured(basis, span) > 0.99
+
+
+def test_input_rank_trains_inside_a_subspace_and_returns_the_full_width_model() -> None:
+    feats, targs = _toy(30, 0)
+    vf, vt = _toy(5, 1)
+    a = train(_cfg(epochs=4, input_rank=4), feats, targs, vf, vt, progress=False)
+    b = train(_cfg(epochs=4, input_rank=4), feats, targs, vf, vt, progress=False)
+    plain = train(_cfg(epochs=4), feats, targs, vf, vt, progress=False)
+    assert isinstance(a.model, EmotionRNN)
+    assert a.model.config == plain.model.config  # the same model and graph, F inputs wide
+    assert not a.model.training
+    assert _same_weights(a.model, b.model)
+    assert not _same_weights(a.model, plain.model)
+    # The input weights have rank 4: the model only hears 4 directions of its 12 inputs.
+    singular = torch.linalg.svdvals(a.model.state_dict()["encoder.0.weight_ih_l0"])
+    assert float(singular[3]) > 1e-3
+    assert float(singular[4]) < 1e-5 * float(singular[0])
+    preds = predict(a.model, make_sequences(vf, vt, a.normaliser, ("arousal", "valence")))
+    assert [p.shape for p in preds] == [t.shape for t in vt]
+    with pytest.raises(ValueError, match="input_rank"):
+        _cfg(input_rank=-1)
+    with pytest.raises(ValueError, match="input_rank"):
+        train(_cfg(epochs=1, input_rank=F + 1), feats, targs, vf, vt, progress=False)
