@@ -349,6 +349,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
             )
         ),
         *_clip_loss_line(cfg, data["dataset"]),
+        *_regularisation_line(cfg),
         f"- {training['clips']} clips; RMSProp lr {cfg.get('lr')}, {cfg.get('batch_size')} sequences per "
         f"update ({cfg.get('batching')} batches), at most {cfg.get('epochs')} epochs, early stopping "
         f"(patience {cfg.get('patience')}, min delta {cfg.get('min_delta')}) on a held-out "
@@ -436,6 +437,22 @@ def _clip_loss_line(cfg: Mapping[str, Any], dataset: str) -> list[str]:
         f"{cfg.get('clip_weight')}{weight}; batches drawn from both datasets by length; weight decay "
         f"{cfg.get('weight_decay', 0.0)}, dropout {card_dropout(cfg)}."
     ]
+
+
+def _regularisation_line(cfg: Mapping[str, Any]) -> list[str]:
+    parts = []
+    if cfg.get("weight_average"):
+        parts.append(
+            "validation, early stopping and the kept weights use an exponential moving average of the "
+            f"weights (decay {cfg['weight_average']} per update)"
+        )
+    if cfg.get("input_rank"):
+        parts.append(
+            "the first layer's input weights were trained inside the "
+            f"{cfg['input_rank']} leading principal directions of the normalised training frames and "
+            "then multiplied out, so the graph is the ordinary full-width model"
+        )
+    return [f"- Regularisation: {'; '.join(parts)}."] if parts else []
 
 
 def card_dropout(cfg: Mapping[str, Any]) -> float:

@@ -222,6 +222,19 @@ def test_a_model_trained_on_both_datasets_says_so_with_its_smoothing_and_real_mu
     assert "causal exponential moving average (decay 0.9 per frame, 60 frames" in md
     assert "4Q audio emotion dataset" in md
     assert "`mean_mse` against ±0.5 on the clip mean" in md
+    assert "Regularisation" not in md  # neither averaging nor a subspace: nothing to say
+
+
+def test_a_regularised_recipe_names_its_weight_average_and_input_subspace(tmp_path: Path) -> None:
+    cfg = {"preset": "LSTM_AT_400", "clip_loss": "mean_mse", "clip_target": 0.5, "weight_average": 0.995}
+    averaged = render_markdown(_card(tmp_path, {"dataset": "vgmidi+fourq", "train_config": cfg}))
+    assert "- Regularisation: validation, early stopping and the kept weights use an exponential" in averaged
+    assert "(decay 0.995 per update)." in averaged
+    assert "principal directions" not in averaged
+    both = render_markdown(
+        _card(tmp_path, {"dataset": "vgmidi+fourq", "train_config": {**cfg, "input_rank": 256}})
+    )
+    assert "(decay 0.995 per update); the first layer's input weights were trained inside the 256" in both
 
 
 def test_a_taught_recipe_says_what_its_clip_targets_were(tmp_path: Path) -> None:
