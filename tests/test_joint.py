@@ -174,6 +174,32 @@ def test_train_on_both_kinds_of_labels_records_both_datasets(
     assert meta["train_config"]["clip_loss"] == "hinge"
 
 
+def test_a_model_trained_in_an_input_subspace_exports_as_the_ordinary_model_and_says_so(
+    joint_run: tuple[Path, list[str]], fourq_tree: Path
+) -> None:
+    tmp, _ = joint_run
+    out = tmp / "ranked.pt"
+    args = [
+        "train",
+        "--dataset", "synthetic", "--root", str(tmp / "frames"),
+        "--option", "n_clips=24", "--option", "duration_s=6",
+        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
+        "--cache", str(tmp / "cache"), *TINY, "--epochs", "2", "--input-rank", "8",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    model, _, meta = load_checkpoint(out)
+    assert meta["train_config"]["input_rank"] == 8
+    assert model.config.num_features == 6373  # the full-width model, not its 8-wide training view
+    singular = np.linalg.svd(model.state_dict()["encoder.0.weight_ih_l0"].numpy(), compute_uv=False)
+    assert singular[7] > 1e-4 * singular[0] > singular[8]
+    # export checks the graph against PyTorch before writing it; the card names the constraint.
+    onnx_path, card = tmp / "ranked.onnx", tmp / "ranked.md"
+    export = ["export", "--checkpoint", str(out), "--out", str(onnx_path), "--name", "r", "--version", "0"]
+    assert main([*export, "--card", str(card)]) == 0
+    assert "inside the 8 leading principal directions" in card.read_text()
+
+
 def test_folds_keep_groups_apart_and_share_one_frame_test_fold() -> None:
     frame_groups = [f"piece{i // 2}" for i in range(40)]
     clip_groups = [f"artist{i % 7}" for i in range(30)]
