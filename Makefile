@@ -17,14 +17,15 @@ FOURQ ?= ../shared/data/4q
 RATE ?= 16000
 MODEL_PRESET ?= LSTM_AT_400
 MODEL_NAME ?= mer-lstm-at-400
-MODEL_VERSION ?= 2.2.0
+MODEL_VERSION ?= 2.3.0
 CV_OUT ?= docs/results/vgmidi_16k
 # Training on VGMIDI's per-frame ratings and 4Q's clip-level quadrants (docs/results.md, "Real music").
-JOINT_OUT ?= docs/results/fourq_joint_16k_ema995
-# The shipped recipe (weight averaging); its unaveraged AT and NAT twins: docs/results/fourq_joint_16k.
+JOINT_OUT ?= docs/results/fourq_joint_16k_rank256
+# The shipped recipe (weight averaging, input rank 256); 2.2.0's without the input rank:
+# docs/results/fourq_joint_16k_ema995; the unaveraged AT and NAT twins: docs/results/fourq_joint_16k.
 JOINT_PRESETS ?= LSTM_AT_400
 JOINT_FOLDS_TO_RUN ?= 5
-CLIP_ARGS ?= --clip-loss mean_mse --clip-target 0.5 --clip-weight 1 --weight-average 0.995
+CLIP_ARGS ?= --clip-loss mean_mse --clip-target 0.5 --clip-weight 1 --weight-average 0.995 --input-rank 256
 SMOOTHING_ALPHA ?= 0.9
 # The shipped model's feature path cuts clips of more than 30 s into 30 s chunks with 2 s of pre-roll, so
 # one long song uses every core (docs/performance.md, "Long songs"). The CV targets keep one pass: their

@@ -154,20 +154,24 @@ def test_a_cv_split_over_two_runs_with_train_folds_equals_one_run(joint_run: tup
         main([*split, "--train-folds", "3"])
 
 
+def _train_both(tmp: Path, fourq_tree: Path, out: Path, *extra: str) -> list[str]:
+    """``train`` on the joint fixture's frame-labelled clips and the 4Q tree, two epochs, then ``extra``."""
+    return [
+        "train",
+        "--dataset", "synthetic", "--root", str(tmp / "frames"),
+        "--option", "n_clips=24", "--option", "duration_s=6",
+        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
+        "--cache", str(tmp / "cache"), *TINY, "--epochs", "2", *extra,
+        "--out", str(out),
+    ]  # fmt: skip
+
+
 def test_train_on_both_kinds_of_labels_records_both_datasets(
     joint_run: tuple[Path, list[str]], fourq_tree: Path
 ) -> None:
     tmp, _ = joint_run
     out = tmp / "both.pt"
-    args = [
-        "train",
-        "--dataset", "synthetic", "--root", str(tmp / "frames"),
-        "--option", "n_clips=24", "--option", "duration_s=6",
-        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
-        "--cache", str(tmp / "cache"), *TINY, "--epochs", "2", "--clip-loss", "hinge",
-        "--out", str(out),
-    ]  # fmt: skip
-    assert main(args) == 0
+    assert main(_train_both(tmp, fourq_tree, out, "--clip-loss", "hinge")) == 0
     _, _, meta = load_checkpoint(out)
     assert meta["dataset"] == "synthetic+fourq"
     assert meta["clips"] == 64
@@ -179,15 +183,7 @@ def test_a_model_trained_in_an_input_subspace_exports_as_the_ordinary_model_and_
 ) -> None:
     tmp, _ = joint_run
     out = tmp / "ranked.pt"
-    args = [
-        "train",
-        "--dataset", "synthetic", "--root", str(tmp / "frames"),
-        "--option", "n_clips=24", "--option", "duration_s=6",
-        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
-        "--cache", str(tmp / "cache"), *TINY, "--epochs", "2", "--input-rank", "8",
-        "--out", str(out),
-    ]  # fmt: skip
-    assert main(args) == 0
+    assert main(_train_both(tmp, fourq_tree, out, "--input-rank", "8")) == 0
     model, _, meta = load_checkpoint(out)
     assert meta["train_config"]["input_rank"] == 8
     assert model.config.num_features == 6373  # the full-width model, not its 8-wide training view
