@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -476,10 +476,11 @@ def _train(
     noise_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 0x401)
     val_seqs = sequences(val_features, val_targets, val_supervision or [FRAME_LABELS] * len(val_features))
     model_cfg = cfg.model_config(int(normaliser.mean.shape[0]))
-    model: nn.Module = build_model(model_cfg, seed=cfg.seed)
+    full = build_model(model_cfg, seed=cfg.seed)
+    model: EmotionRNN | SubspaceInput = full
     if cfg.input_rank:
         basis = input_basis([s.x for r in renditions for s in r], cfg.input_rank, cfg.seed)
-        model = SubspaceInput(cast(EmotionRNN, model), basis)
+        model = SubspaceInput(full, basis)
     optimiser = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The averaged copy only watches the optimiser's trajectory; it is what validation scores.
     averaged = (
@@ -537,7 +538,7 @@ def _train(
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
-    final = model.fold() if isinstance(model, SubspaceInput) else cast(EmotionRNN, model)
+    final = model.fold() if isinstance(model, SubspaceInput) else model
     final.eval()
     return TrainResult(final, normaliser, model_cfg, history, best_epoch, time.perf_counter() - started)
 
