@@ -281,6 +281,33 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_joint_ensemble(args: argparse.Namespace) -> int:
+    """The joint protocol's report for the mean of several finished joint CVs."""
+    clip_spec = _clip_spec(args)
+    assert clip_spec is not None  # required arguments
+    try:
+        ensemble, _ = pipeline.joint_ensemble(
+            _data_spec(args),
+            clip_spec,
+            args.members,
+            preset=args.preset,
+            folds=args.folds,
+            out=args.out,
+            command=_command(),
+            quoted=args.quoted,
+            smoothing=_smoothing(args),
+            probe=args.probe,
+        )
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    scores = ensemble.clip_scores()
+    print(
+        f"{ensemble.name}: quadrant accuracy {scores['quadrant_accuracy']:.3f}, AUC "
+        f"{scores['arousal']['auc']:.3f} / {scores['valence']['auc']:.3f} (unsmoothed; report in {args.out})"
+    )
+    return 0
+
+
 def cmd_joint_cv(args: argparse.Namespace) -> int:
     """The joint protocol: CV over a clip-labelled dataset, always training on a frame-labelled one too."""
     clip_spec = _clip_spec(args)
@@ -477,6 +504,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only", action="store_true", help="train nothing: a report of the folds stored in OUT/folds"
     )
     _smoothing_args(p)
+    p = sub.add_parser(
+        "joint-ensemble",
+        help="report the mean of several finished joint CVs (their stored folds; trains nothing)",
+    )
+    _data_args(p)
+    _clip_data_args(p, required=True)
+    p.add_argument(
+        "--members", type=Path, nargs="+", required=True, help="report folders of finished joint-cv runs"
+    )
+    p.add_argument("--preset", default="LSTM_AT_400", choices=sorted(PRESETS), help="each member's row")
+    p.add_argument("--folds", type=int, default=5, help="folds over the clip-labelled dataset")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--quoted", type=Path, default=None, help="JSON list of rows measured elsewhere")
+    p.add_argument("--probe", action="store_true", help="add the probes' rows (same folds)")
+    _smoothing_args(p)
     p = sub.add_parser("ridge", help="per-frame ridge baseline CV and its input-level sensitivity")
     _data_args(p)
     p.add_argument("--folds", type=int, default=10, help="number of folds (same assignment as cv)")
@@ -489,7 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (.pt)")
     _clip_data_args(p, required=False)
     p = sub.add_parser("export", help="export a checkpoint to ONNX (raw features in, contract in metadata)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint from `train`")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="checkpoint from `train`; two or more (same architecture and training data): their mean",
+    )
     p.add_argument("--out", type=Path, default=REPO / "models" / "default.onnx", help="ONNX file to write")
     p.add_argument("--name", required=True, help="model name stored as mer.model_name")
     p.add_argument("--version", required=True, help="model version stored as mer.model_version")
@@ -548,6 +596,7 @@ COMMANDS = {
     "extract": cmd_extract,
     "cv": cmd_cv,
     "joint-cv": cmd_joint_cv,
+    "joint-ensemble": cmd_joint_ensemble,
     "train": cmd_train,
     "export": cmd_export,
     "card": cmd_card,

@@ -101,6 +101,7 @@ def build_card(
     contract: ModelContract,
     checkpoint_meta: Mapping[str, Any],
     model_config: Mapping[str, Any],
+    members: Sequence[Mapping[str, Any]] | None = None,
     cv_report: Mapping[str, Any] | None = None,
     cv_source: str | None = None,
     weights_dtype: str = "float32",
@@ -117,6 +118,8 @@ def build_card(
         contract: The model's contract.
         checkpoint_meta: The training checkpoint (dataset, train_config, history, best_epoch, clips).
         model_config: The model's architecture (``ModelConfig.to_dict()``).
+        members: For a model that is the mean of several trained models (an ensemble), every member's
+            checkpoint metadata, in order (``checkpoint_meta`` is the first's; they share the data).
         cv_report: ``report.json`` of the cross-validation that chose the setup, if any.
         cv_source: Where that report lives (shown in the card).
         weights_dtype: How the weights are stored in the file.
@@ -131,9 +134,7 @@ def build_card(
     """
     dataset = str(checkpoint_meta.get("dataset", ""))
     train_cfg = dict(checkpoint_meta.get("train_config") or {})
-    best_epoch = checkpoint_meta.get("best_epoch")
-    history = list(checkpoint_meta.get("history") or [])
-    best_val = next((h.get("val_mse") for h in history if h.get("epoch") == best_epoch), None)
+    best_epoch, epochs_run, best_val = _early_stopping(checkpoint_meta)
     preset = str(train_cfg.get("preset", ""))
     cv = None if cv_report is None else cv_section(cv_report, cv_source, preset)
     features = contract.features
@@ -156,7 +157,11 @@ def build_card(
         "task": "per-frame arousal and valence of music, one value per 500 ms frame, in [-1, 1]",
         "outputs": list(contract.outputs),
         "output_range": list(contract.output_range),
-        "architecture": {"preset": preset, **dict(model_config)},
+        "architecture": {
+            "preset": preset,
+            **dict(model_config),
+            **({"members": len(members)} if members else {}),
+        },
         "features": {
             "set": f"openSMILE {features.feature_set} {features.feature_level} ({contract.num_features})",
             "analysis_rate_hz": features.sample_rate,
@@ -181,9 +186,20 @@ def build_card(
             "clips": checkpoint_meta.get("clips"),
             "config": train_cfg,
             "best_epoch": best_epoch,
-            "epochs_run": len(history),
+            "epochs_run": epochs_run,
             "best_val_mse": best_val,
             "augmentation": dict(checkpoint_meta.get("augmentation") or {}),
+            **(
+                {
+                    "members": [
+                        dict(zip(_STOPPING_KEYS, _early_stopping(m), strict=True))
+                        | {"config": dict(m.get("train_config") or {}), "clips": m.get("clips")}
+                        for m in members
+                    ]
+                }
+                if members
+                else {}
+            ),
         },
         "cross_validation": cv,
         "comparisons": compared,
@@ -199,6 +215,17 @@ def build_card(
         ],
         "rebuild": rebuild,
     }
+
+
+_STOPPING_KEYS = ("best_epoch", "epochs_run", "best_val_mse")
+
+
+def _early_stopping(meta: Mapping[str, Any]) -> tuple[Any, int, Any]:
+    """A checkpoint's best epoch, epochs run and validation MSE at the best epoch."""
+    best_epoch = meta.get("best_epoch")
+    history = list(meta.get("history") or [])
+    best_val = next((h.get("val_mse") for h in history if h.get("epoch") == best_epoch), None)
+    return best_epoch, len(history), best_val
 
 
 def cv_section(report: Mapping[str, Any], source: str | None, preset: str) -> dict[str, Any]:
@@ -311,6 +338,15 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Model",
         "",
+        *(
+            [
+                f"- The mean of {arch['members']} models of one architecture, each trained on the same data "
+                "with its own recipe (Members below): the graph normalises the features once, runs every "
+                "member on them and averages their outputs frame by frame."
+            ]
+            if arch.get("members")
+            else []
+        ),
         f"- Preset `{arch.get('preset')}`: {arch.get('kind')} with LSTM layers {arch.get('hidden_sizes')}, "
         f"attention window {arch.get('attention_window')} frames, output feedback "
         f"{arch.get('output_feedback')} (Chaki et al. 2020).",
@@ -349,13 +385,19 @@ def render_markdown(card: Mapping[str, Any]) -> str:
             )
         ),
         *_clip_loss_line(cfg, data["dataset"]),
-        *_regularisation_line(cfg),
+        *([] if training.get("members") else _regularisation_line(cfg)),
         f"- {training['clips']} clips; RMSProp lr {cfg.get('lr')}, {cfg.get('batch_size')} sequences per "
         f"update ({cfg.get('batching')} batches), at most {cfg.get('epochs')} epochs, early stopping "
         f"(patience {cfg.get('patience')}, min delta {cfg.get('min_delta')}) on a held-out "
-        f"{cfg.get('val_fraction')} of the pieces; best epoch {training['best_epoch']} of "
-        f"{training['epochs_run']}, validation MSE {training['best_val_mse']:.4f}.",
+        f"{cfg.get('val_fraction')} of the pieces"
+        + (
+            "; per member below."
+            if training.get("members")
+            else f"; best epoch {training['best_epoch']} of {training['epochs_run']}, validation MSE "
+            f"{training['best_val_mse']:.4f}."
+        ),
         _augmentation_line(training.get("augmentation") or {}),
+        *_member_lines(training.get("members") or []),
         "",
         "## Evaluation",
         "",
@@ -439,6 +481,21 @@ def _clip_loss_line(cfg: Mapping[str, Any], dataset: str) -> list[str]:
     ]
 
 
+def _member_lines(members: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not members:
+        return []
+    lines = ["", "### Members", ""]
+    for k, m in enumerate(members, start=1):
+        recipe = _regularisation_line(m["config"])
+        what = recipe[0].removeprefix("- Regularisation: ").rstrip(".") if recipe else "no regularisation"
+        val = m.get("best_val_mse")
+        lines.append(
+            f"{k}. {what}; best epoch {m.get('best_epoch')} of {m.get('epochs_run')}, validation MSE "
+            f"{'–' if val is None else f'{val:.4f}'}."
+        )
+    return lines
+
+
 def _regularisation_line(cfg: Mapping[str, Any]) -> list[str]:
     parts = []
     if cfg.get("weight_average"):
@@ -467,6 +524,7 @@ def card_metrics(card: Mapping[str, Any]) -> dict[str, Any] | None:
     scores of its preset, smoothed as the model is, under the joint protocol.
     """
     preset = card["architecture"]["preset"]
+    members = card["architecture"].get("members")
     out: dict[str, Any] = {}
     cv = card.get("cross_validation")
     if cv and cv.get("this_preset"):
@@ -474,12 +532,12 @@ def card_metrics(card: Mapping[str, Any]) -> dict[str, Any] | None:
         out.update(cv=rows[preset]["metrics"], cv_folds=rows[preset]["folds"])
     joint = card.get("joint_cv")
     if joint:
+        from model_export.joint import ensemble_name
+
         smoothing = card.get("smoothing") or {}
-        name = (
-            preset
-            if smoothing.get("kind", "none") == "none"
-            else f"{preset} + smoothing {smoothing['alpha']:g}"
-        )
+        model = ensemble_name(preset, int(members)) if members else preset
+        smoothed = smoothing.get("kind", "none") != "none"
+        name = f"{model} + smoothing {smoothing['alpha']:g}" if smoothed else model
         row = next((r for r in joint["rows"] if r["model"] == name), None)
         if row is not None:
             out["joint"] = {"model": name, "folds": row["folds"], "clip": row["clip"], "frame": row["frame"]}

@@ -33,7 +33,7 @@ import os
 import platform
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -54,6 +54,7 @@ from model_export.normaliser import Normaliser
 from model_export.smoothing import CausalSmoother, Smoothing
 
 __all__ = [
+    "ENSEMBLE_KEY",
     "PARITY_TOLERANCE",
     "ExportError",
     "ExportModule",
@@ -63,6 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Metadata entry of an ensemble's graph: ``{"members": K}`` (absent for one model).
+ENSEMBLE_KEY = METADATA_PREFIX + "ensemble"
 #: Largest accepted |ONNX Runtime - PyTorch| over every output of the verification inputs.
 PARITY_TOLERANCE = 1e-4
 #: (B, T) pairs every export is verified at: T = 1 (no past at all), 2, the paper's 61-frame clip, and
@@ -80,31 +83,60 @@ class ExportError(RuntimeError):
 class ExportModule(nn.Module):
     """Raw features (B, T, F) -> emotion (B, T, O): the contract's normaliser, the model, the smoother.
 
+    Given several models (an ensemble), the graph normalises once, runs every member on the same
+    normalised frames and averages their outputs frame by frame before the smoother (which is linear,
+    so this equals averaging the smoothed members). Every member must have the same architecture and
+    the one contract: the same features, transform and normalisation statistics.
+
     Args:
-        model: The trained model (expects standardised features).
+        model: The trained model (expects standardised features), or two or more of them.
         contract: The model's contract; its ``norm_mean``, ``norm_std``, ``feature_transform`` and
             ``clip_z`` build the front :class:`~model_export.normaliser.Normaliser`.
         smoothing: Causal smoothing of the outputs (:mod:`model_export.smoothing`); ``None``: none.
 
     Raises:
-        ContractError: If the model's input or output width disagrees with the contract.
+        ContractError: If a model's input or output width disagrees with the contract.
+        ValueError: If no model is given, or the members' architectures differ.
     """
 
     def __init__(
-        self, model: EmotionRNN, contract: ModelContract, smoothing: Smoothing | None = None
+        self,
+        model: EmotionRNN | Sequence[EmotionRNN],
+        contract: ModelContract,
+        smoothing: Smoothing | None = None,
     ) -> None:
         super().__init__()
-        check_model_matches_contract(model.config, contract)
+        models = [model] if isinstance(model, EmotionRNN) else list(model)
+        if not models:
+            raise ValueError("nothing to export: no model given")
+        for m in models:
+            check_model_matches_contract(m.config, contract)
+            if m.config != models[0].config:
+                raise ValueError(f"ensemble members differ in architecture: {m.config} != {models[0].config}")
         # Writable copies: the contract's arrays are read-only and torch warns about wrapping those.
         self.normaliser = Normaliser(
             contract.norm_mean.copy(), contract.norm_std.copy(), contract.feature_transform, contract.clip_z
         )
-        self.model = model
+        # One model is the submodule "model" and an ensemble's are "members.k": the graph's node names
+        # follow them, and recover_export_module (model_export.step) reads the weights back by them.
+        self.single = len(models) == 1
+        if self.single:
+            self.model = models[0]
+        else:
+            self.members = nn.ModuleList(models)
+        self.config = models[0].config
         self.smoother = (
             None
             if smoothing is None
-            else CausalSmoother(smoothing.alpha, smoothing.taps, model.config.num_outputs)
+            else CausalSmoother(smoothing.alpha, smoothing.taps, self.config.num_outputs)
         )
+
+    @property
+    def models(self) -> list[EmotionRNN]:
+        """The model, or the ensemble's members, in order."""
+        if self.single:
+            return [self.model]
+        return [cast(EmotionRNN, m) for m in self.members]
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise raw features as training did and predict every frame.
@@ -115,12 +147,16 @@ class ExportModule(nn.Module):
         Returns:
             (B, T, O) in [-1, 1].
         """
-        y = cast(Tensor, self.model(self.normaliser(x)))
+        z = self.normaliser(x)
+        if self.single:
+            y = cast(Tensor, self.model(z))
+        else:
+            y = torch.stack([cast(Tensor, m(z)) for m in self.members]).mean(dim=0)
         return y if self.smoother is None else cast(Tensor, self.smoother(y))
 
 
 def export_checkpoint(
-    ckpt_path: str | os.PathLike[str],
+    ckpt_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     onnx_path: str | os.PathLike[str],
     *,
     model_name: str,
@@ -129,10 +165,12 @@ def export_checkpoint(
     fp16: bool = False,
     smoothing: Smoothing | None = None,
 ) -> Path:
-    """Export a training checkpoint to a verified, self-describing ONNX file.
+    """Export a training checkpoint (or several: their mean) to a verified, self-describing ONNX file.
 
     Args:
-        ckpt_path: Checkpoint from ``python -m model_export train``.
+        ckpt_path: Checkpoint from ``python -m model_export train``, or two or more checkpoints of the
+            same architecture and contract (the same training data and features), whose mean the graph
+            computes (:class:`ExportModule`; recorded as ``mer.ensemble``).
         onnx_path: Destination; written atomically (a temporary file is renamed into place only after
             verification).
         model_name: Stored as ``mer.model_name``.
@@ -148,36 +186,52 @@ def export_checkpoint(
 
     Raises:
         ValueError: On a bad checkpoint or an ``extra_metadata`` key that would override the contract,
-            or ``mer.metrics`` that is not JSON.
+            or ``mer.metrics`` that is not JSON, or ensemble members whose contracts or architectures
+            differ.
         ContractError: If the checkpoint's contract is invalid or inconsistent.
         ExportError: If ONNX Runtime does not reproduce the PyTorch module within tolerance.
     """
-    model, contract, meta = load_checkpoint(ckpt_path)
-    extra = dict(extra_metadata or {})
+    paths = [ckpt_path] if isinstance(ckpt_path, str | os.PathLike) else list(ckpt_path)
+    loaded = [load_checkpoint(path) for path in paths]
+    models = [model for model, _, _ in loaded]
+    contract = loaded[0][1]
     contract_meta = contract.to_metadata()
-    own = {METADATA_PREFIX + "weights_dtype", METADATA_PREFIX + "smoothing"}
+    for path, (_, other, _) in zip(paths, loaded, strict=True):
+        # One graph normalises once for every member: each must have been trained on exactly this input.
+        if other.to_metadata() != contract_meta:
+            differ = sorted(k for k, v in other.to_metadata().items() if contract_meta.get(k) != v)
+            raise ValueError(f"{path}: its contract differs from {paths[0]}'s in {differ}")
+    metas = [meta for _, _, meta in loaded]
+    extra = dict(extra_metadata or {})
+    own = {METADATA_PREFIX + "weights_dtype", METADATA_PREFIX + "smoothing", ENSEMBLE_KEY}
     clash = sorted(set(extra) & (set(contract_meta) | own))
     if clash:
         raise ValueError(f"extra_metadata must not override {clash}")
     metrics = extra.pop(METADATA_PREFIX + "metrics", None)
     if metrics is None:
-        metrics = json.dumps(_checkpoint_metrics(meta), sort_keys=True)
+        own_metrics = [_checkpoint_metrics(meta) for meta in metas]
+        metrics = json.dumps(own_metrics[0] if len(metas) == 1 else {"members": own_metrics}, sort_keys=True)
     else:
         json.loads(metrics)  # must be JSON like every other structured key; raises ValueError
 
-    reference = ExportModule(model, contract, smoothing).eval()
+    reference = ExportModule(models if len(models) > 1 else models[0], contract, smoothing).eval()
     fp32_reference = reference
     if fp16:
         reference = copy.deepcopy(reference)
-        _round_weights_to_fp16(reference.model)
+        for model in reference.models:
+            _round_weights_to_fp16(model)
 
+    train_configs = [meta.get("train_config", {}) for meta in metas]
+    datasets = sorted({str(meta.get("dataset", "")) for meta in metas})
     metadata = {
         **contract_meta,
-        METADATA_PREFIX + "model_config": json.dumps(model.config.to_dict(), sort_keys=True),
-        METADATA_PREFIX + "train_config": json.dumps(meta.get("train_config", {}), sort_keys=True),
+        METADATA_PREFIX + "model_config": json.dumps(reference.config.to_dict(), sort_keys=True),
+        METADATA_PREFIX + "train_config": json.dumps(
+            train_configs[0] if len(metas) == 1 else train_configs, sort_keys=True
+        ),
         METADATA_PREFIX + "model_name": model_name,
         METADATA_PREFIX + "model_version": model_version,
-        METADATA_PREFIX + "dataset": str(meta.get("dataset", "")),
+        METADATA_PREFIX + "dataset": "; ".join(datasets),
         METADATA_PREFIX + "metrics": metrics,
         METADATA_PREFIX + "export_date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         METADATA_PREFIX + "versions": json.dumps(_versions(), sort_keys=True),
@@ -185,6 +239,7 @@ def export_checkpoint(
         METADATA_PREFIX + "smoothing": json.dumps(
             {"kind": "none"} if smoothing is None else smoothing.to_dict(), sort_keys=True
         ),
+        **({} if len(models) == 1 else {ENSEMBLE_KEY: json.dumps({"members": len(models)})}),
         **extra,
     }
 
@@ -209,7 +264,12 @@ def export_checkpoint(
         onnx.checker.check_model(proto)
         onnx.save(proto, os.fspath(tmp))
         diff = verify_onnx(tmp, reference, contract)
-        log.info("exported %s: max |ORT - PyTorch| = %.2e", model.config.name, diff)
+        log.info(
+            "exported %s%s: max |ORT - PyTorch| = %.2e",
+            reference.config.name,
+            "" if len(models) == 1 else f" (mean of {len(models)})",
+            diff,
+        )
         if fp16:
             deviation = _max_abs_diff_torch(reference, fp32_reference, contract)
             log.info("fp16 weights change outputs by at most %.2e vs float32", deviation)

@@ -52,6 +52,8 @@ __all__ = [
     "JointFold",
     "cross_validate_joint",
     "distilled",
+    "ensemble_name",
+    "ensemble_result",
     "joint_folds",
     "supervision",
     "train_joint",
@@ -174,9 +176,10 @@ class JointCVResult:
         frame_ids: The frame-labelled test pieces (the same for every fold).
         frame_predictions: Per fold, the per-frame predictions of those pieces.
         frame_targets: Their targets.
-        epochs: Best epoch per fold.
-        seconds: Training seconds summed over folds.
+        epochs: Best epoch per fold (an ensemble: its first member's; each member's are in ``members``).
+        seconds: Training seconds summed over folds (an ensemble: over its members too).
         folds_total: k.
+        members: For the mean of several results (:func:`ensemble_result`), those results.
     """
 
     name: str
@@ -190,6 +193,7 @@ class JointCVResult:
     epochs: list[int]
     seconds: float
     folds_total: int
+    members: tuple[JointCVResult, ...] = ()
 
     @property
     def folds_run(self) -> int:
@@ -226,12 +230,69 @@ class JointCVResult:
             frame_predictions=[
                 [smooth_causal(p, alpha, taps) for p in fold] for fold in self.frame_predictions
             ],
+            members=tuple(m.smoothed(smoothing) for m in self.members),
         )
 
     def jitter(self) -> dict[str, list[float]]:
         """Mean frame-to-frame change of predictions and labels, per output, on the frame test pieces."""
         predicted = [p for preds in self.frame_predictions for p in preds]
         return {"predictions": jitter(predicted), "labels": jitter(self.frame_targets)}
+
+
+def ensemble_name(preset: str, members: int) -> str:
+    """The report row (and card) name of the mean of ``members`` models of one preset."""
+    return f"mean of {members} {preset}"
+
+
+def ensemble_result(name: str, members: Sequence[JointCVResult]) -> JointCVResult:
+    """The mean of several configurations' out-of-fold predictions: what their averaged model predicts.
+
+    Each member was trained on the same folds, so clip by clip and frame by frame the mean of their
+    predictions is exactly the prediction of a model whose output is the mean of theirs, trained
+    fold by fold as they were (an ensemble, :class:`model_export.export.EnsembleModule`). The
+    causal smoothing is linear, so smoothing the mean equals the mean of the smoothed members.
+
+    Args:
+        name: Row name.
+        members: Two or more results over the same clip and frame test sets, folds and lengths.
+
+    Returns:
+        A result with the mean predictions, the first member's configuration and ``members`` set.
+
+    Raises:
+        ValueError: If fewer than two members are given, or they disagree on clips, folds or lengths.
+    """
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+    first = members[0]
+    for m in members[1:]:
+        if m.clip_ids != first.clip_ids or m.frame_ids != first.frame_ids or m.folds_run != first.folds_run:
+            raise ValueError(
+                f"{m.name} and {first.name} were not run on the same clips and folds "
+                f"({len(m.clip_ids)} / {len(first.clip_ids)} clips, {m.folds_run} / {first.folds_run} folds)"
+            )
+        lengths = [p.shape for p in m.clip_predictions] + [p.shape for f in m.frame_predictions for p in f]
+        want = [p.shape for p in first.clip_predictions] + [
+            p.shape for f in first.frame_predictions for p in f
+        ]
+        if lengths != want:
+            raise ValueError(f"{m.name} and {first.name} predicted different numbers of frames")
+
+    def mean(arrays: Sequence[FloatArray]) -> FloatArray:
+        total: FloatArray = np.stack(arrays).astype(np.float32).mean(axis=0, dtype=np.float64)
+        return total.astype(np.float32)
+
+    return replace(
+        first,
+        name=name,
+        clip_predictions=[mean(ps) for ps in zip(*(m.clip_predictions for m in members), strict=True)],
+        frame_predictions=[
+            [mean(ps) for ps in zip(*folds, strict=True)]
+            for folds in zip(*(m.frame_predictions for m in members), strict=True)
+        ],
+        seconds=float(sum(m.seconds for m in members)),
+        members=tuple(members),
+    )
 
 
 def joint_run_key(

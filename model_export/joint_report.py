@@ -9,7 +9,7 @@ row comes from its own card), or numbers quoted from elsewhere (e.g. the linear 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,23 @@ __all__ = ["genre_accuracy", "markdown_table", "reference_row", "result_row", "w
 
 def result_row(result: JointCVResult) -> dict[str, Any]:
     """The report row of a joint CV result."""
+    if result.members:
+        # The mean of several trained models: each member's recipe and early stopping, not the first's.
+        return {
+            "model": result.name,
+            "source": f"joint CV, {result.folds_run}/{result.folds_total} folds; the mean of the predictions "
+            f"of {len(result.members)} models: {', '.join(m.name for m in result.members)}",
+            "members": [
+                {"model": m.name, "config": m.config.to_dict(), "best_epochs": m.epochs}
+                for m in result.members
+            ],
+            "folds": f"{result.folds_run}/{result.folds_total}",
+            "seconds": round(result.seconds, 1),
+            "clip": result.clip_scores(),
+            "frame": result.frame_scores()["summary"],
+            "frame_per_fold": result.frame_scores()["per_fold"],
+            "jitter": result.jitter(),
+        }
     return {
         "model": result.name,
         "source": f"joint CV, {result.folds_run}/{result.folds_total} folds",
@@ -210,6 +227,7 @@ def write_joint_report(
     notes: str = "",
     references: Sequence[Mapping[str, Any]] = (),
     genres: Mapping[str, Sequence[str]] | None = None,
+    detailed: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and ``clip_means.png`` for the joint protocol.
 
@@ -221,6 +239,7 @@ def write_joint_report(
         references: Extra rows: :func:`reference_row`, or numbers measured elsewhere in the same shape
             (``model``, ``source``, ``folds`` and a ``clip`` dict with any of the score keys).
         genres: Genres per clip id, for the per-genre accuracy of each result.
+        detailed: Names of the results that get a genre table and a panel in the figure (``None``: all).
 
     Returns:
         The JSON content.
@@ -228,10 +247,11 @@ def write_joint_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [*references, *(result_row(r) for r in results)]
     doc: dict[str, Any] = {"title": title, "notes": notes, "rows": rows}
+    shown = [r for r in results if detailed is None or r.name in detailed]
     if genres is not None:
         doc["genres"] = {
             r.name: genre_accuracy(r.clip_ids, clip_means(r.clip_predictions), r.clip_signs, genres)
-            for r in results
+            for r in shown
         }
     (out_dir / "report.json").write_text(json.dumps(doc, indent=1, default=float) + "\n")
     lines = [f"# {title}", "", *markdown_table(rows), ""]
@@ -250,6 +270,6 @@ def write_joint_report(
     if notes:
         lines += ["", notes]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-    if results:
-        plot_clip_means(results, out_dir)
+    if shown:
+        plot_clip_means(shown, out_dir)
     return doc

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,13 @@ from model_export.checkpoint import load_checkpoint, save_checkpoint
 from model_export.datasets.base import Clip, originals, variants_by_original
 from model_export.datasets.registry import load as load_dataset
 from model_export.evaluate import CVResult, cross_validate, paired_tests, plot_figures, write_report
-from model_export.joint import JointCVResult, cross_validate_joint, train_joint
+from model_export.joint import (
+    JointCVResult,
+    cross_validate_joint,
+    ensemble_name,
+    ensemble_result,
+    train_joint,
+)
 from model_export.joint_report import reference_row, write_joint_report
 from model_export.smoothing import Smoothing
 from model_export.splits import validation_split
@@ -39,6 +45,7 @@ __all__ = [
     "display_path",
     "export_with_card",
     "joint_cv",
+    "joint_ensemble",
     "load_data",
     "refresh_model_card",
     "train_and_save",
@@ -384,6 +391,104 @@ def joint_cv(
     return results, doc
 
 
+def joint_ensemble(
+    spec: DataSpec,
+    clip_spec: DataSpec,
+    member_dirs: Sequence[Path],
+    *,
+    preset: str,
+    folds: int,
+    out: Path,
+    command: str,
+    quoted: Path | None = None,
+    smoothing: Smoothing | None = None,
+    probe: bool = False,
+) -> tuple[JointCVResult, dict[str, Any]]:
+    """The joint protocol's report for the mean of several finished joint CVs (an ensemble); trains nothing.
+
+    Each member is the ``preset`` row of a finished :func:`joint_cv` run in ``member_dirs`` (its
+    configuration is read from that run's ``report.json``, its folds restored from its ``folds``
+    folder, so only the stored folds of exactly that configuration on these features count). The
+    report shows every member and their mean, each also smoothed, beside the probes.
+
+    Args:
+        spec: The frame-labelled dataset, as in the members' runs.
+        clip_spec: The clip-labelled dataset, as in the members' runs.
+        member_dirs: Two or more report folders of :func:`joint_cv` runs over all ``folds`` folds.
+        preset: Which row of each report is the member.
+        folds: Folds over the clip-labelled dataset (the members' k).
+        out: Report folder.
+        command: The command line, quoted in the report's notes.
+        quoted: A JSON list of rows measured elsewhere, each with a ``source``.
+        smoothing: Also report every row with this output smoothing (the ensemble's as it would ship).
+        probe: Add the probes' rows (same folds).
+
+    Returns:
+        The ensemble's result (unsmoothed) and the report's JSON content.
+
+    Raises:
+        ValueError: If a folder has no report with a ``preset`` row, or not all of its folds are stored.
+    """
+    data, clip_data = load_data(spec), load_data(clip_spec)
+    features = {**data.features, **clip_data.features}
+    members = []
+    for d in member_dirs:
+        report = d / "report.json"
+        rows = json.loads(report.read_text())["rows"] if report.exists() else []
+        row = next((r for r in rows if r["model"] == preset and "config" in r), None)
+        if row is None:
+            raise ValueError(f"{report}: no joint CV row {preset!r} to take as a member")
+        cfg = TrainConfig.from_dict(row["config"])
+        result = cross_validate_joint(
+            preset,
+            cfg,
+            data.clips,
+            clip_data.clips,
+            features,
+            k=folds,
+            state_dir=d / "folds",
+            train_missing=False,
+        )
+        if result.folds_run != folds:
+            raise ValueError(
+                f"{d}: {result.folds_run} of {folds} folds of {preset} are stored for these features; an "
+                "ensemble needs every fold of every member"
+            )
+        members.append(replace(result, name=f"{preset} ({d.name})"))
+    ensemble = ensemble_result(ensemble_name(preset, len(members)), members)
+    results = [*members, ensemble]
+    if smoothing is not None:
+        results += [r.smoothed(smoothing) for r in results]
+    rows = json.loads(quoted.read_text()) if quoted is not None else []
+    if probe:
+        from model_export.baseline import PROBES, clip_probe_row
+
+        rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
+    genres = None
+    if clip_spec.dataset == "fourq":
+        from model_export.datasets.fourq import read_metadata
+
+        genres = {song: info.genres for song, info in read_metadata(clip_spec.root).items()}
+    notes = (
+        f"The mean of {len(members)} {preset} models' predictions, each trained on the same "
+        f"{folds} folds of `{clip_spec.dataset}` (grouped by "
+        f"{'artist' if clip_spec.dataset == 'fourq' else 'group'}) plus frame-labelled `{spec.dataset}` "
+        f"with its own recipe: {', '.join(display_path(d) for d in member_dirs)} (their stored folds; "
+        f"nothing retrained). Clip prediction = mean of the clip's frames; quadrant of that mean. "
+        f"Command: `{command}`"
+    )
+    doc = write_joint_report(
+        results,
+        out,
+        f"{spec.dataset} + {clip_spec.dataset} at {spec.rate} Hz: mean of {len(members)} models",
+        notes,
+        rows,
+        genres,
+        detailed=[r.name for r in results if r.members],
+    )
+    return ensemble, doc
+
+
 def display_path(path: Path) -> str:
     """``path`` relative to the repository when inside it (cards should not name build machines)."""
     try:
@@ -393,7 +498,7 @@ def display_path(path: Path) -> str:
 
 
 def export_with_card(
-    checkpoint: Path,
+    checkpoint: Path | Sequence[Path],
     out: Path,
     *,
     name: str,
@@ -409,7 +514,8 @@ def export_with_card(
     """Export a checkpoint to ONNX with its contract and model card in the metadata, verified.
 
     Args:
-        checkpoint: The ``.pt`` file from ``train``.
+        checkpoint: The ``.pt`` file from ``train``, or several (the graph computes their mean;
+            :func:`model_export.export.export_checkpoint`).
         out: The ONNX file to write.
         name: ``mer.model_name``.
         version: ``mer.model_version``.
@@ -429,12 +535,15 @@ def export_with_card(
     from model_export.export import export_checkpoint
     from model_export.step import add_step_graph
 
-    model, contract, meta = load_checkpoint(checkpoint)
+    paths = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
+    loaded = [load_checkpoint(path) for path in paths]
+    model, contract, meta = loaded[0]
     card = build_card(
         model_name=name,
         model_version=version,
         contract=contract,
         checkpoint_meta=meta,
+        members=[m for _, _, m in loaded] if len(loaded) > 1 else None,
         model_config=model.config.to_dict(),
         cv_report=load_report(cv_report) if cv_report is not None else None,
         cv_source=None if cv_report is None else display_path(cv_report),
@@ -449,7 +558,7 @@ def export_with_card(
     elif (selected := card_metrics(card)) is not None:
         extra["mer.metrics"] = json.dumps(selected, sort_keys=True)
     path = export_checkpoint(
-        checkpoint,
+        paths if len(paths) > 1 else paths[0],
         out,
         model_name=name,
         model_version=version,

@@ -39,7 +39,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -58,6 +58,7 @@ from app.core.contract import (
 )
 from app.core.types import FloatArray
 from model_export.export import (
+    ENSEMBLE_KEY,
     ExportError,
     ExportModule,
     _store_initializers_fp16,
@@ -88,16 +89,22 @@ VERIFY_STEPS = 1200
 class StepModule(nn.Module):
     """Slices of frames of an :class:`~model_export.export.ExportModule`, with its state in and out.
 
+    An ensemble's members each carry their own recurrent state, named with a prefix ``m{k}_``
+    (``m0_h0``, ``m1_past_h``, ...); the smoother's history and the frame count are shared, as the
+    smoother runs once on the members' mean.
+
     Args:
-        export_module: The sequence module (normaliser, model, optional smoother) whose weights it uses.
+        export_module: The sequence module (normaliser, model(s), optional smoother) whose weights it uses.
     """
 
     def __init__(self, export_module: ExportModule) -> None:
         super().__init__()
         self.inner = export_module
-        cfg = export_module.model.config
+        cfg = export_module.config
         smoother = export_module.smoother
-        self.window = cfg.attention_window if export_module.model.attention is not None else 0
+        models = export_module.models
+        self.prefixes = [""] if len(models) == 1 else [f"m{k}_" for k in range(len(models))]
+        self.window = cfg.attention_window if models[0].attention is not None else 0
         self.taps = smoother.taps if smoother is not None else 1
         self.horizon = float(max(self.window, self.taps, 1))
         self.register_buffer("offsets", torch.arange(1, max(self.window, self.taps) + 1, dtype=torch.float32))
@@ -111,15 +118,16 @@ class StepModule(nn.Module):
 
     def state_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every state tensor, in the graph's input order."""
-        cfg: ModelConfig = self.inner.model.config
+        cfg: ModelConfig = self.inner.config
         shapes: dict[str, tuple[int, ...]] = {}
-        for i, size in enumerate(cfg.hidden_sizes):
-            shapes[f"h{i}"] = (batch, size)
-            shapes[f"c{i}"] = (batch, size)
-        if self.window:
-            shapes["past_h"] = (batch, self.window, cfg.top_hidden_size)
-        if self.inner.model.output_rnn is not None:
-            shapes["y_prev"] = (batch, cfg.num_outputs)
+        for prefix, model in zip(self.prefixes, self.inner.models, strict=True):
+            for i, size in enumerate(cfg.hidden_sizes):
+                shapes[f"{prefix}h{i}"] = (batch, size)
+                shapes[f"{prefix}c{i}"] = (batch, size)
+            if self.window:
+                shapes[f"{prefix}past_h"] = (batch, self.window, cfg.top_hidden_size)
+            if model.output_rnn is not None:
+                shapes[f"{prefix}y_prev"] = (batch, cfg.num_outputs)
         if self.taps > 1:
             shapes["past_y"] = (batch, self.taps - 1, cfg.num_outputs)
         shapes["frames"] = (batch, 1)
@@ -137,24 +145,50 @@ class StepModule(nn.Module):
         """
         names = list(self.state_shapes())
         s = dict(zip(names, state, strict=True))
-        model: EmotionRNN = self.inner.model
         x = self.inner.normaliser(features)  # (B, S, F)
-        out: dict[str, Tensor] = {}
-        for i, lstm in enumerate(model.encoder):
-            x, (h, c) = lstm(x, (s[f"h{i}"][None], s[f"c{i}"][None]))
-            out[f"h{i}"], out[f"c{i}"] = h[0], c[0]
-        hs = x  # (B, S, H), the top layer's states over the slice
         frames = s["frames"]  # (B, 1): frames before the slice, clamped at the horizon
-        # Frames before each of the slice's frames: frames + j. Built from hs's shape so the tracer
-        # records a shape-dependent op and S stays dynamic.
-        seen = frames + torch.cumsum(torch.ones_like(hs[..., 0]), dim=1) - 1.0  # (B, S)
+        # Frames before each of the slice's frames: frames + j. Built from the slice's shape so the
+        # tracer records a shape-dependent op and S stays dynamic.
+        seen = frames + torch.cumsum(torch.ones_like(x[..., 0]), dim=1) - 1.0  # (B, S)
+        out: dict[str, Tensor] = {}
+        ys = [
+            self._member(model, prefix, x, s, seen, out)
+            for prefix, model in zip(self.prefixes, self.inner.models, strict=True)
+        ]
+        y = ys[0] if len(ys) == 1 else torch.stack(ys).mean(dim=0)
+        emotion = y
+        if self.taps > 1:
+            k = self.taps - 1
+            past = torch.cat([torch.flip(s["past_y"], dims=[1]), y], dim=1)  # (B, taps - 1 + S, O)
+            present = (seen[..., None] >= self.offsets[:k]).to(y.dtype)  # (B, S, taps - 1)
+            weights = self.smooth_weights * present
+            num = y + _banded_context(weights, past)
+            emotion = num / (1.0 + weights.sum(dim=-1, keepdim=True))
+            out["past_y"] = torch.flip(past[:, -k:], dims=[1])
+        out["frames"] = torch.clamp(seen[:, -1:] + 1.0, max=self.horizon)  # frames + S
+        return (emotion, *(out[name] for name in names))
+
+    def _member(
+        self,
+        model: EmotionRNN,
+        prefix: str,
+        x: Tensor,
+        s: Mapping[str, Tensor],
+        seen: Tensor,
+        out: dict[str, Tensor],
+    ) -> Tensor:
+        """One model's outputs (B, S, O) over the slice's normalised frames; its next state into ``out``."""
+        for i, lstm in enumerate(model.encoder):
+            x, (h, c) = lstm(x, (s[f"{prefix}h{i}"][None], s[f"{prefix}c{i}"][None]))
+            out[f"{prefix}h{i}"], out[f"{prefix}c{i}"] = h[0], c[0]
+        hs = x  # (B, S, H), the top layer's states over the slice
         z = hs
         if model.attention is not None:
             w = self.window
             att = model.attention
             # Oldest first, as the sequence graph pads: states[:, w + j] = h_j of the slice, and the
             # window's past before it (zeros where the clip had no frame yet, masked below).
-            states = torch.cat([torch.flip(s["past_h"], dims=[1]), hs], dim=1)  # (B, W + S, H)
+            states = torch.cat([torch.flip(s[f"{prefix}past_h"], dims=[1]), hs], dim=1)  # (B, W + S, H)
             query = att.query(states[:, w - 1 : -1])  # W_a h_{t-1} + b for every frame of the slice
             keys = att.key(states)
             valid = seen[..., None] >= self.offsets[:w]  # (B, S, W): a real frame stands behind slot d
@@ -164,24 +198,13 @@ class StepModule(nn.Module):
             e = torch.stack(scores, dim=-1).masked_fill(~valid, _MASKED_SCORE)
             alpha = torch.softmax(e, dim=-1) * valid  # all masked at t = 0: c_0 = 0
             z = torch.cat([hs, _banded_context(alpha, states)], dim=-1)
-            out["past_h"] = torch.flip(states[:, -w:], dims=[1])
+            out[f"{prefix}past_h"] = torch.flip(states[:, -w:], dims=[1])
         if model.output_rnn is not None:
-            y, _ = model.output_rnn(z, s["y_prev"][None])  # (B, S, O)
-            out["y_prev"] = y[:, -1]
-        else:
-            assert model.output_linear is not None
-            y = torch.tanh(model.output_linear(z))
-        emotion = y
-        if self.taps > 1:
-            k = self.taps - 1
-            ys = torch.cat([torch.flip(s["past_y"], dims=[1]), y], dim=1)  # (B, taps - 1 + S, O)
-            present = (seen[..., None] >= self.offsets[:k]).to(y.dtype)  # (B, S, taps - 1)
-            weights = self.smooth_weights * present
-            num = y + _banded_context(weights, ys)
-            emotion = num / (1.0 + weights.sum(dim=-1, keepdim=True))
-            out["past_y"] = torch.flip(ys[:, -k:], dims=[1])
-        out["frames"] = torch.clamp(seen[:, -1:] + 1.0, max=self.horizon)  # frames + S
-        return (emotion, *(out[name] for name in names))
+            y, _ = model.output_rnn(z, s[f"{prefix}y_prev"][None])  # (B, S, O)
+            out[f"{prefix}y_prev"] = y[:, -1]
+            return cast(Tensor, y)
+        assert model.output_linear is not None
+        return torch.tanh(model.output_linear(z))
 
 
 def step_file_for(sequence_path: str | os.PathLike[str]) -> Path:
@@ -203,7 +226,7 @@ def export_step(step: StepModule, path: str | os.PathLike[str], *, doc: str = ""
     """
     shapes = step.state_shapes(batch=2)
     names = list(shapes)
-    num_features = step.inner.model.config.num_features
+    num_features = step.inner.config.num_features
     dummy = (torch.zeros(2, 3, num_features), *(torch.zeros(shape) for shape in shapes.values()))
     inputs = [INPUT_NAME, *names]
     outputs = [OUTPUT_NAME, *(n + STEP_NEXT_SUFFIX for n in names)]
@@ -321,8 +344,9 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
 
     The weights are read from the initializers of the graph's named nodes (the encoder's ``LSTM``
     operators, the attention's ``query``/``key``/``score`` products, the output ``RNN`` or linear
-    layer); ONNX's gate order (i, o, f, c) is mapped back to PyTorch's (i, f, g, o). The normaliser
-    comes from the contract, the smoother from ``mer.smoothing``.
+    layer; an ensemble's under ``/members.k/`` for each of the ``mer.ensemble`` members); ONNX's gate
+    order (i, o, f, c) is mapped back to PyTorch's (i, f, g, o). The normaliser comes from the
+    contract, the smoother from ``mer.smoothing``.
 
     Args:
         path: An ``.onnx`` file written by ``python -m model_export export``.
@@ -345,17 +369,32 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
     )
     values = _constant_values(proto.graph)
     nodes = {n.name: n for n in proto.graph.node}
+    members = int(json.loads(meta[ENSEMBLE_KEY])["members"]) if ENSEMBLE_KEY in meta else 1
+    scopes = ["/model"] if members == 1 else [f"/members.{k}" for k in range(members)]
+    models = [_recover_model(config, scope, nodes, values, path) for scope in scopes]
+    module = ExportModule(models[0] if members == 1 else models, contract, smoothing)
+    return module.eval(), contract
+
+
+def _recover_model(
+    config: ModelConfig,
+    scope: str,
+    nodes: Mapping[str, Any],
+    values: Mapping[str, FloatArray],
+    path: str | os.PathLike[str],
+) -> EmotionRNN:
+    """The :class:`EmotionRNN` whose nodes are named under ``scope`` in the graph (``/model``)."""
 
     def weight(node_name: str, index: int) -> FloatArray:
-        node = nodes.get(node_name)
+        node = nodes.get(f"{scope}/{node_name}")
         if node is None or len(node.input) <= index or node.input[index] not in values:
-            raise ExportError(f"{path}: no weight {index} of node {node_name!r}")
+            raise ExportError(f"{path}: no weight {index} of node {scope}/{node_name!r}")
         return values[node.input[index]]
 
     model = EmotionRNN(config)
     state: dict[str, FloatArray] = {}
     for i in range(len(config.hidden_sizes)):
-        name = f"/model/encoder.{i}/LSTM"
+        name = f"encoder.{i}/LSTM"
         w, r, b = (weight(name, k)[0] for k in (1, 2, 3))
         h4 = w.shape[0]
         state[f"encoder.{i}.weight_ih_l0"] = _onnx_to_torch_gates(w)
@@ -363,12 +402,12 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
         state[f"encoder.{i}.bias_ih_l0"] = _onnx_to_torch_gates(b[:h4])
         state[f"encoder.{i}.bias_hh_l0"] = _onnx_to_torch_gates(b[h4:])
     if model.attention is not None:
-        state["attention.query.weight"] = weight("/model/attention/query/MatMul", 1).T
-        state["attention.query.bias"] = _bias(nodes, values, "/model/attention/query/Add", path)
-        state["attention.key.weight"] = weight("/model/attention/key/MatMul", 1).T
-        state["attention.score.weight"] = weight("/model/attention/score/MatMul", 1).T
+        state["attention.query.weight"] = weight("attention/query/MatMul", 1).T
+        state["attention.query.bias"] = _bias(nodes, values, f"{scope}/attention/query/Add", path)
+        state["attention.key.weight"] = weight("attention/key/MatMul", 1).T
+        state["attention.score.weight"] = weight("attention/score/MatMul", 1).T
     if model.output_rnn is not None:
-        w, r, b = (weight("/model/output_rnn/RNN", k)[0] for k in (1, 2, 3))
+        w, r, b = (weight("output_rnn/RNN", k)[0] for k in (1, 2, 3))
         o = w.shape[0]
         state |= {
             "output_rnn.weight_ih_l0": w,
@@ -377,8 +416,8 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
             "output_rnn.bias_hh_l0": b[o:],
         }
     else:
-        state["output_linear.weight"] = weight("/model/output_linear/MatMul", 1).T
-        state["output_linear.bias"] = _bias(nodes, values, "/model/output_linear/Add", path)
+        state["output_linear.weight"] = weight("output_linear/MatMul", 1).T
+        state["output_linear.bias"] = _bias(nodes, values, f"{scope}/output_linear/Add", path)
     expected = model.state_dict()
     if set(state) != set(expected):
         raise ExportError(f"{path}: recovered {sorted(state)}, the model has {sorted(expected)}")
@@ -388,7 +427,7 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
     model.load_state_dict(
         {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
     )
-    return ExportModule(model.eval(), contract, smoothing).eval(), contract
+    return model.eval()
 
 
 def _onnx_to_torch_gates(a: FloatArray) -> FloatArray:

@@ -27,8 +27,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -186,6 +186,22 @@ class TrainConfig:
         d["targets"] = list(self.targets)
         d["lr_choices"] = list(self.lr_choices)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """The configuration :meth:`to_dict` wrote; fields it lacks (added since) take their defaults.
+
+        Raises:
+            ValueError: On a key that is not a field (a report or checkpoint of something else).
+        """
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"not TrainConfig fields: {unknown}")
+        values = dict(d)
+        for key in ("targets", "lr_choices"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Any
 
 import onnx
 import pytest
+import torch
 
 from app.core.predictor import Predictor
 from model_export.__main__ import main
@@ -246,3 +247,53 @@ def test_a_taught_recipe_says_what_its_clip_targets_were(tmp_path: Path) -> None
         tmp_path, {"dataset": "vgmidi+fourq", "train_config": {**cfg, "clip_teacher_probe": "rbf_svm"}}
     )
     assert "0.5 × a cross-fitted RBF-kernel SVM probe's graded score" in render_markdown(svm)
+
+
+def test_an_ensemble_export_cards_every_member_and_takes_the_ensemble_row_as_its_metrics(
+    tmp_path: Path,
+) -> None:
+    paths = []
+    for k, cfg in enumerate(({"input_rank": 256}, {"input_rank": 1024}, {})):
+        path = tmp_path / f"m{k}.pt"
+        write_checkpoint(path, seed=k)
+        ckpt = torch.load(path, weights_only=False)
+        ckpt["train_config"] |= {"weight_average": 0.995, **cfg}
+        ckpt["dataset"] = "vgmidi+fourq"
+        ckpt["history"][1]["val_mse"] = 0.1 + k / 100
+        torch.save(ckpt, path)
+        paths.append(str(path))
+    joint = _joint_report()
+    ensemble = {**joint["rows"][1], "model": "mean of 3 LSTM_AT_400 + smoothing 0.9", "clip": {
+        **joint["rows"][1]["clip"], "quadrant_accuracy": 0.668}}  # fmt: skip
+    joint["rows"].append(ensemble)
+    (tmp_path / "joint.json").write_text(json.dumps(joint))
+    out, card_md = tmp_path / "model.onnx", tmp_path / "model.md"
+    argv = ["export", "--checkpoint", *paths, "--out", str(out), "--name", "mer", "--version", "3.0.0"]
+    argv += [
+        "--joint-report",
+        str(tmp_path / "joint.json"),
+        "--card",
+        str(card_md),
+        "--smoothing-alpha",
+        "0.9",
+    ]
+    assert main(argv) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    card = json.loads(meta[CARD_KEY])
+    assert card["architecture"]["members"] == 3
+    members = card["training"]["members"]
+    assert [m["config"].get("input_rank", 0) for m in members] == [256, 1024, 0]
+    assert [m["best_val_mse"] for m in members] == pytest.approx([0.1, 0.11, 0.12])
+    # The card's own real-music row is the ensemble's, smoothed as it ships, not a member's.
+    assert json.loads(meta["mer.metrics"])["joint"]["clip"]["quadrant_accuracy"] == 0.668
+    md = card_md.read_text()
+    assert md == render_markdown(card)
+    assert "- The mean of 3 models of one architecture" in md
+    assert "### Members" in md
+    assert "1. validation, early stopping and the kept weights use an exponential moving average" in md
+    assert "inside the 1024 leading principal directions" in md
+    assert "best epoch 2 of 2, validation MSE 0.1200." in md
+    # The service takes it, step graph (one state per member) included.
+    predictor = Predictor.load(out, providers="cpu", intra_op_threads=1, warmup=False)
+    assert predictor.step is not None
+    assert predictor.step_problem is None

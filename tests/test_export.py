@@ -28,6 +28,7 @@ from model_export.export import (
     verify_onnx,
 )
 from model_export.model import ModelConfig, build_model
+from model_export.smoothing import Smoothing
 from model_export.testing import TINY_OVERRIDES, make_contract, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +236,63 @@ def test_fp16_weights_halve_the_file_and_stay_close(exported: Exported, tmp_path
     x = sample_raw_features(exported.contract, 2, 61, np.random.default_rng(3))
     y = run_ort(ort_session(path), x)
     assert np.max(np.abs(y - run_torch(exported.module, x))) <= 1e-2
+
+
+# --- ensembles -----------------------------------------------------------------------------------------
+
+
+def test_an_ensemble_graph_is_the_mean_of_its_members_behind_the_same_interface(tmp_path: Path) -> None:
+    smoothing = Smoothing(alpha=0.9, taps=7)
+    paths = [tmp_path / f"m{k}.pt" for k in range(3)]
+    members = [write_checkpoint(path, seed=k)[0] for k, path in enumerate(paths)]
+    contract = make_contract()
+    out = export_checkpoint(
+        paths, tmp_path / "e.onnx", model_name="e", model_version="1", smoothing=smoothing
+    )
+    session = ort_session(out)
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, inp.shape, outp.name, outp.shape) == (
+        "features",
+        ["batch", "time", F],
+        "emotion",
+        ["batch", "time", 2],
+    )
+    singles = [ExportModule(m, contract, smoothing).eval() for m in members]
+    for batch, frames in ((1, 1), (3, 61), (2, 150)):
+        x = sample_raw_features(contract, batch, frames, np.random.default_rng(frames))
+        want = np.mean([run_torch(single, x) for single in singles], axis=0)
+        got = run_ort(session, x)
+        assert np.max(np.abs(got - want)) <= 1e-4
+        # Not one member's output: each differs from the mean.
+        assert all(np.max(np.abs(run_torch(single, x) - want)) > 1e-3 for single in singles)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["mer.ensemble"]) == {"members": 3}
+    assert [c["seed"] for c in json.loads(meta["mer.train_config"])] == [0, 1, 2]
+    assert json.loads(meta["mer.metrics"]) == {
+        "members": [{"best_epoch": 2, "best_val_mse": 0.12, "clips": 40}] * 3
+    }
+    assert ModelContract.from_metadata(meta) == contract
+    # fp16 rounds every member's weights, as for one model: close to the float32 ensemble.
+    half = export_checkpoint(
+        paths, tmp_path / "h.onnx", model_name="e", model_version="1", fp16=True, smoothing=smoothing
+    )
+    x = sample_raw_features(contract, 1, 61, np.random.default_rng(5))
+    assert np.max(np.abs(run_ort(ort_session(half), x) - run_ort(session, x))) < 1e-2
+
+
+def test_ensemble_members_must_share_the_contract_and_the_architecture(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    write_checkpoint(a)
+    write_checkpoint(b, contract=make_contract(seed=1))  # trained on other statistics
+    write_checkpoint(c, overrides={**TINY_OVERRIDES, "hidden_sizes": [5]})
+    out = tmp_path / "e.onnx"
+    with pytest.raises(ValueError, match=r"contract differs .*mer\.norm_mean"):
+        export_checkpoint([a, b], out, model_name="e", model_version="1")
+    with pytest.raises(ValueError, match="architecture"):
+        export_checkpoint([a, c], out, model_name="e", model_version="1")
+    with pytest.raises(ValueError, match="no model"):
+        ExportModule([], make_contract())
+    assert not out.exists()
 
 
 # --- bad inputs ----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from model_export import joint
 from model_export.__main__ import main
 from model_export.baseline import teacher_levels
 from model_export.checkpoint import load_checkpoint
+from model_export.clip_metrics import clip_scores
 from model_export.datasets import synthetic
 from model_export.datasets.base import Clip
 from model_export.joint import joint_folds
@@ -277,3 +278,91 @@ def test_input_rank_reaches_training_and_keys_its_folds(joint_run: tuple[Path, l
     doc = json.loads((out / "report.json").read_text())
     assert _row(doc, "LSTM_AT_400")["config"]["input_rank"] == 8
     assert _row(doc, "LSTM_AT_400")["clip"]["clips"] > 0
+
+
+def _clip_means_by_id(folds: Path) -> dict[str, np.ndarray]:
+    """Each stored clip's mean prediction, read straight from a run's fold files."""
+    out: dict[str, np.ndarray] = {}
+    for path in sorted(folds.glob("*.npz")):
+        with np.load(path) as z:
+            preds = np.split(z["clip_predictions"].astype(np.float64), np.cumsum(z["clip_lengths"])[:-1])
+            out |= {str(cid): p.mean(axis=0) for cid, p in zip(z["clip_ids"], preds, strict=True)}
+    return out
+
+
+def test_the_mean_of_finished_cvs_is_reported_from_their_stored_folds(
+    joint_run: tuple[Path, list[str]], fourq_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp, args = joint_run
+    other = tmp / "averaged"
+    second = [*args[: args.index("--out") + 1], str(other), *args[args.index("--out") + 2 :]]
+    assert main([*second, "--weight-average", "0.9"]) == 0
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("an ensemble report trains nothing")
+
+    monkeypatch.setattr(joint, "train_joint", refuse)
+    out = tmp / "ensemble"
+    ensemble = [
+        "joint-ensemble",
+        "--dataset", "synthetic", "--root", str(tmp / "frames"),
+        "--option", "n_clips=24", "--option", "duration_s=6",
+        "--clip-dataset", "fourq", "--clip-root", str(fourq_tree),
+        "--cache", str(tmp / "cache"), "--folds", "2", "--smoothing-alpha", "0.9", "--probe",
+        "--members", str(tmp / "report"), str(other), "--out", str(out),
+    ]  # fmt: skip
+    assert main(ensemble) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert [r["model"] for r in doc["rows"]] == [
+        "linear probe",
+        "RBF-SVM probe",
+        "LSTM_AT_400 (report)",
+        "LSTM_AT_400 (averaged)",
+        "mean of 2 LSTM_AT_400",
+        "LSTM_AT_400 (report) + smoothing 0.9",
+        "LSTM_AT_400 (averaged) + smoothing 0.9",
+        "mean of 2 LSTM_AT_400 + smoothing 0.9",
+    ]
+    row = _row(doc, "mean of 2 LSTM_AT_400")
+    assert [m["config"]["weight_average"] for m in row["members"]] == [0.0, 0.9]
+    assert row["folds"] == "2/2"
+    # The members' rows are their own reports' rows; the ensemble's clip means are the mean of theirs.
+    assert (
+        _row(doc, "LSTM_AT_400 (report)")["clip"]
+        == _row(json.loads((tmp / "report" / "report.json").read_text()), "LSTM_AT_400")["clip"]
+    )
+    a, b = _clip_means_by_id(tmp / "report" / "folds"), _clip_means_by_id(other / "folds")
+    ids = sorted(a)
+    signs = np.array([[1.0 if q in ("Q1", "Q2") else -1.0, 1.0 if q in ("Q1", "Q4") else -1.0]
+                      for q in (_quadrant(fourq_tree, i) for i in ids)])  # fmt: skip
+    want = clip_scores(np.array([(a[i] + b[i]) / 2 for i in ids], np.float32), signs)
+    assert row["clip"]["quadrant_accuracy"] == pytest.approx(want["quadrant_accuracy"])
+    for d in ("arousal", "valence"):
+        assert row["clip"][d]["auc"] == pytest.approx(want[d]["auc"])
+        assert row["clip"][d]["mean_prediction"] == pytest.approx(want[d]["mean_prediction"], abs=1e-6)
+    assert list(doc["genres"]) == ["mean of 2 LSTM_AT_400", "mean of 2 LSTM_AT_400 + smoothing 0.9"]
+    assert "mean of 2 LSTM_AT_400" in (out / "report.md").read_text()
+    # A member without every fold stored is refused, by name, as is an ensemble of one.
+    partial = tmp / "partial"
+    partial_run = [*args[: args.index("--out") + 1], str(partial), *args[args.index("--out") + 2 :]]
+    monkeypatch.undo()
+    assert main([*partial_run, "--weight-average", "0.5", "--folds-to-run", "1"]) == 0
+    with pytest.raises(SystemExit, match="1 of 2 folds"):
+        main(
+            [
+                *ensemble[: ensemble.index("--members") + 1],
+                str(tmp / "report"),
+                str(partial),
+                "--out",
+                str(out),
+            ]
+        )
+    with pytest.raises(SystemExit, match="at least two members"):
+        main([*ensemble[: ensemble.index("--members") + 1], str(tmp / "report"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="no joint CV row"):
+        main([*ensemble[: ensemble.index("--members") + 1], str(tmp / "report"), str(tmp), "--out", str(out)])
+
+
+def _quadrant(tree: Path, song: str) -> str:
+    rows = (tree / "annotations.csv").read_text().splitlines()[1:]
+    return dict(line.split(",")[:2] for line in rows)[song]

@@ -183,6 +183,39 @@ def test_weights_recovered_from_an_onnx_file_reproduce_it(tmp_path: Path) -> Non
     assert verify_onnx(seq, module, contract) <= 1e-5
 
 
+def test_an_ensemble_step_graph_carries_each_member_state_and_equals_its_sequence_graph(
+    tmp_path: Path,
+) -> None:
+    paths = [tmp_path / f"m{k}.pt" for k in range(2)]
+    for k, path in enumerate(paths):
+        write_checkpoint(path, overrides={"hidden_sizes": [6], "attention_window": 4}, seed=k)
+    seq = export_checkpoint(
+        paths, tmp_path / "e.onnx", model_name="e", model_version="1", smoothing=Smoothing(0.9, 7)
+    )
+    # The members come back from the file's own weights, one per /members.k scope.
+    module, contract = recover_export_module(seq)
+    assert len(module.models) == 2
+    assert verify_onnx(seq, module, contract) <= 1e-5
+    step_path, diff = add_step_graph(seq, steps=300)
+    assert diff <= STEP_PARITY_TOLERANCE
+    names = [i.name for i in onnx.load(str(step_path)).graph.input]
+    assert names == [
+        "features", "m0_h0", "m0_c0", "m0_past_h", "m0_y_prev", "m1_h0", "m1_c0", "m1_past_h", "m1_y_prev",
+        "past_y", "frames",
+    ]  # fmt: skip
+    # Through the serving runtime, one frame at a time, against the whole clip.
+    predictor = Predictor.load(seq, providers="cpu", intra_op_threads=1)
+    assert predictor.step is not None
+    x = sample_raw_features(predictor.contract, 1, 300, np.random.default_rng(9))[0]
+    want = predictor.predict(x)
+    state = predictor.step.initial_state()
+    got = []
+    for row in x:
+        y, state = predictor.step.step(row, state)
+        got.append(y)
+    assert np.max(np.abs(np.stack(got) - want)) <= STEP_PARITY_TOLERANCE
+
+
 def test_adding_the_step_graph_changes_only_one_metadata_entry(tmp_path: Path) -> None:
     seq = export_tiny_model(tmp_path)
     before = onnx.load(str(seq))

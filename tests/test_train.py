@@ -483,3 +483,12 @@ def test_input_rank_trains_inside_a_subspace_and_returns_the_full_width_model() 
         _cfg(input_rank=-1)
     with pytest.raises(ValueError, match="input_rank"):
         train(_cfg(epochs=1, input_rank=F + 1), feats, targs, vf, vt, progress=False)
+
+
+def test_a_config_comes_back_from_its_dict_and_older_dicts_take_the_new_defaults() -> None:
+    cfg = TrainConfig(targets=("arousal",), lr_choices=(3e-4, 1e-3), input_rank=64, weight_average=0.99)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in cfg.to_dict().items() if k != "input_rank"}  # written before the field existed
+    assert TrainConfig.from_dict(older).input_rank == 0
+    with pytest.raises(ValueError, match="not TrainConfig fields"):
+        TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 0.1})
