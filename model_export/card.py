@@ -506,8 +506,9 @@ def _regularisation_line(cfg: Mapping[str, Any]) -> list[str]:
     if cfg.get("input_rank"):
         parts.append(
             "the first layer's input weights were trained inside the "
-            f"{cfg['input_rank']} leading principal directions of the normalised training frames and "
-            "then multiplied out, so the graph is the ordinary full-width model"
+            f"{cfg['input_rank']} leading principal directions of the normalised training frames (the "
+            "graph keeps them so: the frames projected onto those directions, then the trained weights; "
+            "the same function as the full-width model with fewer weights)"
         )
     return [f"- Regularisation: {'; '.join(parts)}."] if parts else []
 

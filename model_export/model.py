@@ -379,9 +379,11 @@ class SubspaceInput(nn.Module):
     part of each frame inside the span of ``B`` (the training frames' leading principal directions,
     :func:`model_export.train.input_basis`). With F = 6373 inputs and a few hundred clips this is a
     constraint on what the 10 M input weights can fit, not a new layer: :meth:`fold` multiplies it out
-    into an ordinary full-width :class:`EmotionRNN` with the same outputs, so the exported graph, its
-    interface and the contract are those of the paper's model. Training is also cheaper: the
-    (frames, F) x (F, 4H) input projection becomes (frames, F) x (F, k) then (k, 4H).
+    into an ordinary full-width :class:`EmotionRNN` with the same outputs (what a checkpoint stores), so
+    the interface and the contract are those of the paper's model. Training is also cheaper: the
+    (frames, F) x (F, 4H) input projection becomes (frames, F) x (F, k) then (k, 4H), and so is
+    inference when the export keeps the factorisation (:meth:`factorise`,
+    :func:`model_export.export.compact`).
 
     Args:
         model: A full-width model (its initialisation is kept, projected onto the subspace:
@@ -402,6 +404,50 @@ class SubspaceInput(nn.Module):
         self.inner.load_state_dict(state)
         self.basis: Tensor
         self.register_buffer("basis", basis.detach().clone().contiguous())
+
+    @property
+    def config(self) -> ModelConfig:
+        """The full-width model's configuration (F inputs: the interface, not the inner k)."""
+        return self.full_config
+
+    @classmethod
+    def factorise(cls, model: EmotionRNN, rank: int, *, tolerance: float = 1e-4) -> SubspaceInput:
+        """``model`` with input weights of rank ``rank`` written back as ``U B^T``: the same function.
+
+        A model trained with ``input_rank`` (:func:`model_export.train.train`) is stored multiplied
+        out; its input weights still have rank ``rank``, so their SVD gives a basis ``B`` (the leading
+        right singular vectors) with ``W = (W B) B^T`` to float rounding. The graph can then compute
+        ``(x B) U^T``: (F + 4H) k weights and multiply-adds per frame instead of F 4H.
+
+        Args:
+            model: A full-width model.
+            rank: ``k``.
+            tolerance: Largest accepted ratio of the first dropped singular value to the largest.
+
+        Raises:
+            ValueError: If the input weights do not have rank ``rank`` (within ``tolerance``).
+        """
+        w = model.state_dict()[_INPUT_WEIGHT].double()
+        if not 1 <= rank < min(w.shape):
+            raise ValueError(f"rank must be in [1, {min(w.shape) - 1}], not {rank}")
+        _, singular, vt = torch.linalg.svd(w, full_matrices=False)
+        dropped = float(singular[rank] / singular[0])
+        if dropped > tolerance:
+            raise ValueError(
+                f"the input weights have rank above {rank}: singular value {rank + 1} is {dropped:.2g} of "
+                "the largest (was the model trained with this input rank?)"
+            )
+        out = cls(model, vt[:rank].T.float().contiguous())
+        out.train(model.training)
+        return out
+
+    @classmethod
+    def from_parts(cls, inner: EmotionRNN, basis: Tensor, config: ModelConfig) -> SubspaceInput:
+        """The module whose projection is ``basis`` (F, k) and whose model behind it is ``inner``."""
+        out = cls(build_model(config, seed=0), basis)
+        out.inner.load_state_dict(inner.state_dict())
+        out.train(inner.training)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         """:meth:`EmotionRNN.forward` of the folded model, computed through the subspace."""

@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -61,12 +62,13 @@ from model_export.export import (
     ENSEMBLE_KEY,
     ExportError,
     ExportModule,
+    Member,
     _store_initializers_fp16,
     atomic_path,
     legacy_exporter_quiet,
     sample_raw_features,
 )
-from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig, _banded_context
+from model_export.model import _MASKED_SCORE, EmotionRNN, ModelConfig, SubspaceInput, _banded_context
 from model_export.smoothing import Smoothing
 
 __all__ = [
@@ -104,7 +106,7 @@ class StepModule(nn.Module):
         smoother = export_module.smoother
         models = export_module.models
         self.prefixes = [""] if len(models) == 1 else [f"m{k}_" for k in range(len(models))]
-        self.window = cfg.attention_window if models[0].attention is not None else 0
+        self.window = cfg.attention_window if _net(models[0]).attention is not None else 0
         self.taps = smoother.taps if smoother is not None else 1
         self.horizon = float(max(self.window, self.taps, 1))
         self.register_buffer("offsets", torch.arange(1, max(self.window, self.taps) + 1, dtype=torch.float32))
@@ -126,7 +128,7 @@ class StepModule(nn.Module):
                 shapes[f"{prefix}c{i}"] = (batch, size)
             if self.window:
                 shapes[f"{prefix}past_h"] = (batch, self.window, cfg.top_hidden_size)
-            if model.output_rnn is not None:
+            if _net(model).output_rnn is not None:
                 shapes[f"{prefix}y_prev"] = (batch, cfg.num_outputs)
         if self.taps > 1:
             shapes["past_y"] = (batch, self.taps - 1, cfg.num_outputs)
@@ -170,7 +172,7 @@ class StepModule(nn.Module):
 
     def _member(
         self,
-        model: EmotionRNN,
+        member: Member,
         prefix: str,
         x: Tensor,
         s: Mapping[str, Tensor],
@@ -178,6 +180,9 @@ class StepModule(nn.Module):
         out: dict[str, Tensor],
     ) -> Tensor:
         """One model's outputs (B, S, O) over the slice's normalised frames; its next state into ``out``."""
+        if isinstance(member, SubspaceInput):
+            x = x @ member.basis  # the factorised input projection, as in the sequence graph
+        model = _net(member)
         for i, lstm in enumerate(model.encoder):
             x, (h, c) = lstm(x, (s[f"{prefix}h{i}"][None], s[f"{prefix}c{i}"][None]))
             out[f"{prefix}h{i}"], out[f"{prefix}c{i}"] = h[0], c[0]
@@ -205,6 +210,11 @@ class StepModule(nn.Module):
             return cast(Tensor, y)
         assert model.output_linear is not None
         return torch.tanh(model.output_linear(z))
+
+
+def _net(member: Member) -> EmotionRNN:
+    """The recurrent model of a graph member (behind a factorised member's projection)."""
+    return member.inner if isinstance(member, SubspaceInput) else member
 
 
 def step_file_for(sequence_path: str | os.PathLike[str]) -> Path:
@@ -382,8 +392,22 @@ def _recover_model(
     nodes: Mapping[str, Any],
     values: Mapping[str, FloatArray],
     path: str | os.PathLike[str],
-) -> EmotionRNN:
-    """The :class:`EmotionRNN` whose nodes are named under ``scope`` in the graph (``/model``)."""
+) -> Member:
+    """The model whose nodes are named under ``scope`` in the graph (``/model``, ``/members.k``).
+
+    A factorised member (:func:`model_export.export.compact`) has its projection ``x @ basis`` at
+    ``scope/MatMul`` and its recurrent model under ``scope/inner``.
+    """
+    if f"{scope}/inner/encoder.0/LSTM" in nodes:
+        node = nodes.get(f"{scope}/MatMul")
+        basis = next((values[i] for i in (node.input if node is not None else []) if i in values), None)
+        if basis is None or basis.ndim != 2 or basis.shape[0] != config.num_features:
+            raise ExportError(f"{path}: no ({config.num_features}, k) projection at node {scope}/MatMul")
+        inner = _recover_model(
+            replace(config, num_features=int(basis.shape[1])), f"{scope}/inner", nodes, values, path
+        )
+        assert isinstance(inner, EmotionRNN)
+        return SubspaceInput.from_parts(inner, torch.from_numpy(np.ascontiguousarray(basis)), config).eval()
 
     def weight(node_name: str, index: int) -> FloatArray:
         node = nodes.get(f"{scope}/{node_name}")

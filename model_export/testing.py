@@ -106,6 +106,7 @@ def write_checkpoint(
     seed: int = 0,
     contract: ModelContract | None = None,
     replace: dict[str, Any] | None = None,
+    input_rank: int = 0,
 ) -> tuple[Any, ModelContract]:
     """Write a checkpoint as ``python -m model_export train`` does, with untrained weights.
 
@@ -116,6 +117,8 @@ def write_checkpoint(
         seed: Weight seed.
         contract: The contract (default :func:`make_contract`).
         replace: Checkpoint entries to overwrite (to write broken checkpoints in tests).
+        input_rank: If > 0, as if trained with this input rank: the input weights are projected onto
+            that many random orthonormal directions (rank ``input_rank``) and the config says so.
 
     Returns:
         The model (an ``EmotionRNN`` in eval mode) and its contract.
@@ -130,9 +133,16 @@ def write_checkpoint(
         preset=preset,
         model_overrides=dict(TINY_OVERRIDES if overrides is None else overrides),
         seed=seed,
+        input_rank=input_rank,
     )
     model_cfg = cfg.model_config(NUM_COMPARE_FEATURES)
     model = build_model(model_cfg, seed=seed).eval()
+    if input_rank:
+        gen = torch.Generator().manual_seed(seed)
+        basis, _ = torch.linalg.qr(torch.randn(NUM_COMPARE_FEATURES, input_rank, generator=gen))
+        state = model.state_dict()
+        state["encoder.0.weight_ih_l0"] = state["encoder.0.weight_ih_l0"] @ basis @ basis.T
+        model.load_state_dict(state)
     ckpt: dict[str, Any] = {
         "model_config": model_cfg.to_dict(),
         "train_config": cfg.to_dict(),

@@ -121,7 +121,9 @@ class TrainConfig:
             frames' ``input_rank`` leading principal directions (:func:`input_basis`,
             :class:`~model_export.model.SubspaceInput`): a constraint for 6 373 inputs and a few hundred
             clips. The returned model is the ordinary full-width one (the weights multiplied out), so
-            the graph and the contract do not change. 0: unconstrained (the paper's training).
+            the contract does not change; the export keeps the factorisation in the graph, the same
+            function with fewer weights (:func:`model_export.export.compact`). 0: unconstrained (the
+            paper's training).
     """
 
     preset: str = "LSTM_AT_400"

@@ -401,3 +401,28 @@ def test_lstm_at_400_exports_and_runs_1200_frames_in_bounded_memory(tmp_path: Pa
     # 200 MB leaves 2x headroom for allocator growth but catches materialising the attention as
     # (T, W, A) (another 115 MB) or (T, T, A).
     assert int(increase) < 200e6, probe.stdout
+
+
+def test_a_model_trained_with_an_input_rank_is_exported_factorised_and_computes_the_same(
+    tmp_path: Path,
+) -> None:
+    ckpt = tmp_path / "r.pt"
+    model, contract = write_checkpoint(ckpt, overrides={**TINY_OVERRIDES, "hidden_sizes": [16]}, input_rank=6)
+    compact = export_checkpoint(ckpt, tmp_path / "compact.onnx", model_name="r", model_version="1")
+    wide = export_checkpoint(ckpt, tmp_path / "wide.onnx", model_name="r", model_version="1", factorise=False)
+    nodes = {n.name for n in onnx.load(str(compact)).graph.node}
+    assert {"/model/MatMul", "/model/inner/encoder.0/LSTM"} <= nodes  # x @ B, then the 6-wide LSTM
+    assert "/model/encoder.0/LSTM" in {n.name for n in onnx.load(str(wide)).graph.node}
+    # (6373 + 64) x 6 weights instead of 6373 x 64: a tenth of the file, the same outputs.
+    assert compact.stat().st_size < 0.2 * wide.stat().st_size
+    module = ExportModule(model, contract).eval()
+    for frames in (1, 61, 150):
+        x = sample_raw_features(contract, 2, frames, np.random.default_rng(frames))
+        assert np.max(np.abs(run_ort(ort_session(compact), x) - run_torch(module, x))) <= 1e-4
+    # A checkpoint that claims an input rank its weights do not have is refused, not exported wrong.
+    write_checkpoint(ckpt, overrides={**TINY_OVERRIDES, "hidden_sizes": [16]})
+    full_rank = torch.load(ckpt, weights_only=False)
+    full_rank["train_config"]["input_rank"] = 6
+    torch.save(full_rank, ckpt)
+    with pytest.raises(ValueError, match="rank above 6"):
+        export_checkpoint(ckpt, tmp_path / "bad.onnx", model_name="r", model_version="1")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from model_export import joint
@@ -179,7 +180,7 @@ def test_train_on_both_kinds_of_labels_records_both_datasets(
     assert meta["train_config"]["clip_loss"] == "hinge"
 
 
-def test_a_model_trained_in_an_input_subspace_exports_as_the_ordinary_model_and_says_so(
+def test_a_model_trained_in_an_input_subspace_is_stored_full_width_and_exported_factorised(
     joint_run: tuple[Path, list[str]], fourq_tree: Path
 ) -> None:
     tmp, _ = joint_run
@@ -190,10 +191,12 @@ def test_a_model_trained_in_an_input_subspace_exports_as_the_ordinary_model_and_
     assert model.config.num_features == 6373  # the full-width model, not its 8-wide training view
     singular = np.linalg.svd(model.state_dict()["encoder.0.weight_ih_l0"].numpy(), compute_uv=False)
     assert singular[7] > 1e-4 * singular[0] > singular[8]
-    # export checks the graph against PyTorch before writing it; the card names the constraint.
+    # export checks the graph against PyTorch (and the factorisation against the model as trained)
+    # before writing it; the graph projects onto the 8 directions, then runs the 8-wide LSTM.
     onnx_path, card = tmp / "ranked.onnx", tmp / "ranked.md"
     export = ["export", "--checkpoint", str(out), "--out", str(onnx_path), "--name", "r", "--version", "0"]
     assert main([*export, "--card", str(card)]) == 0
+    assert "/model/inner/encoder.0/LSTM" in {n.name for n in onnx.load(str(onnx_path)).graph.node}
     assert "inside the 8 leading principal directions" in card.read_text()
 
 

@@ -389,3 +389,19 @@ def test_window_covering_the_past_equals_unbounded_attention() -> None:
     torch.testing.assert_close(run(bounded, x), run(unbounded, x), atol=1e-6, rtol=0)
     x = feats(2, 12)
     assert not torch.allclose(run(bounded, x)[:, 6:], run(unbounded, x)[:, 6:], atol=1e-6, rtol=0)
+
+
+def test_a_folded_subspace_model_factorises_back_to_the_same_function() -> None:
+    cfg = ModelConfig(num_features=40, hidden_sizes=(6,), attention_window=4, num_outputs=2)
+    basis, _ = torch.linalg.qr(torch.randn(40, 5, generator=torch.Generator().manual_seed(0)))
+    folded = SubspaceInput(build_model(cfg, seed=1), basis).fold().eval()
+    again = SubspaceInput.factorise(folded, 5).eval()
+    assert again.config == cfg
+    assert tuple(again.basis.shape) == (40, 5)
+    x = torch.randn(2, 30, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), folded(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="rank above 3"):
+        SubspaceInput.factorise(folded, 3)
+    with pytest.raises(ValueError, match="rank must be"):
+        SubspaceInput.factorise(folded, 40)
