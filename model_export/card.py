@@ -406,7 +406,13 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     if cv:
         lines += [
             f"Cross-validation that chose this setup ({cv.get('title')}; `{cv.get('source')}`). Metrics on "
-            "the pooled out-of-fold predictions: R², mean per-piece Kendall τ-b, MAE.",
+            "the pooled out-of-fold predictions: R², mean per-piece Kendall τ-b, MAE."
+            + (
+                " These are single models of the members' preset; the ensemble's own VGMIDI scores are the "
+                "VGMIDI columns of its row in the real-music table below."
+                if arch.get("members")
+                else ""
+            ),
             "",
             *_metric_rows(cv["rows"]),
             "",

@@ -277,7 +277,7 @@ def test_an_ensemble_export_cards_every_member_and_takes_the_ensemble_row_as_its
         "--smoothing-alpha",
         "0.9",
     ]
-    assert main(argv) == 0
+    assert main([*argv, "--cv-report", str(_report(tmp_path / "cv.json"))]) == 0
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     card = json.loads(meta[CARD_KEY])
     assert card["architecture"]["members"] == 3
@@ -290,6 +290,7 @@ def test_an_ensemble_export_cards_every_member_and_takes_the_ensemble_row_as_its
     assert md == render_markdown(card)
     assert "- The mean of 3 models of one architecture" in md
     assert "### Members" in md
+    assert "These are single models of the members' preset; the ensemble's own VGMIDI scores" in md
     assert "1. validation, early stopping and the kept weights use an exponential moving average" in md
     assert "inside the 1024 leading principal directions" in md
     assert "best epoch 2 of 2, validation MSE 0.1200." in md
