@@ -56,16 +56,21 @@ def test_the_step_graph_equals_the_sequence_graph_over_1200_steps(
     assert diff <= STEP_PARITY_TOLERANCE
     # Independently of the export's own check: another seed, through the serving runtime.
     predictor = Predictor.load(seq, providers="cpu", intra_op_threads=1)
+    assert _frame_by_frame_gap(predictor, 1200, seed=7) <= STEP_PARITY_TOLERANCE
+    assert predictor.info()["step_model"]["file"] == "m.step.onnx"
+
+
+def _frame_by_frame_gap(predictor: Predictor, frames: int, seed: int) -> float:
+    """Largest |step graph fed one frame at a time - whole-clip prediction| over random raw frames."""
     assert predictor.step is not None
-    x = sample_raw_features(predictor.contract, 1, 1200, np.random.default_rng(7))[0]
+    x = sample_raw_features(predictor.contract, 1, frames, np.random.default_rng(seed))[0]
     want = predictor.predict(x)
     state = predictor.step.initial_state()
     got = []
     for row in x:
         y, state = predictor.step.step(row, state)
         got.append(y)
-    assert np.max(np.abs(np.stack(got) - want)) <= STEP_PARITY_TOLERANCE
-    assert predictor.info()["step_model"]["file"] == "m.step.onnx"
+    return float(np.max(np.abs(np.stack(got) - want)))
 
 
 @pytest.mark.parametrize(
@@ -211,15 +216,7 @@ def test_an_ensemble_step_graph_carries_each_member_state_and_equals_its_sequenc
     ]  # fmt: skip
     # Through the serving runtime, one frame at a time, against the whole clip.
     predictor = Predictor.load(seq, providers="cpu", intra_op_threads=1)
-    assert predictor.step is not None
-    x = sample_raw_features(predictor.contract, 1, 300, np.random.default_rng(9))[0]
-    want = predictor.predict(x)
-    state = predictor.step.initial_state()
-    got = []
-    for row in x:
-        y, state = predictor.step.step(row, state)
-        got.append(y)
-    assert np.max(np.abs(np.stack(got) - want)) <= STEP_PARITY_TOLERANCE
+    assert _frame_by_frame_gap(predictor, 300, seed=9) <= STEP_PARITY_TOLERANCE
 
 
 def test_adding_the_step_graph_changes_only_one_metadata_entry(tmp_path: Path) -> None:
