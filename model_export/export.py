@@ -20,6 +20,10 @@ front. The conversion is therefore lossless with respect to the rounded module (
 against it, at the same tolerance), all arithmetic stays float32, and the only accuracy cost is the
 rounding itself, which is measured against the float32 model and logged. ONNX Runtime folds the casts
 at load time, so memory at inference is the same as for float32 weights.
+
+A model trained with an input rank is kept factorised in the graph (:func:`compact`), and several
+checkpoints of one architecture and contract export as their mean (:class:`ExportModule`,
+``mer.ensemble``); both are checked against the models as trained.
 """
 
 from __future__ import annotations
@@ -105,10 +109,10 @@ class ExportModule(nn.Module):
     """Raw features (B, T, F) -> emotion (B, T, O): the contract's normaliser, the model, the smoother.
 
     A model may be kept factorised (:func:`compact`). Given several models (an ensemble), the graph
-    normalises once, runs every member on the same
-    normalised frames and averages their outputs frame by frame before the smoother (which is linear,
-    so this equals averaging the smoothed members). Every member must have the same architecture and
-    the one contract: the same features, transform and normalisation statistics.
+    normalises once, runs every member on the same normalised frames and averages their outputs frame
+    by frame before the smoother (which is linear, so this equals averaging the smoothed members).
+    Every member must have the same architecture and the one contract: the same features, transform
+    and normalisation statistics.
 
     Args:
         model: The trained model (expects standardised features), or two or more of them; each an
