@@ -116,8 +116,15 @@ joint-cv: $(VENV)/.dev
 		--clip-root $(FOURQ) --rate $(RATE) --members $(foreach m,$(MEMBERS),$(MEMBER_OUT_$(m))) --folds 5 \
 		--smoothing-alpha $(SMOOTHING_ALPHA) --probe --quoted $(JOINT_OUT)/shipped-1.0.1.json --out $(JOINT_OUT)
 
-cache/checkpoints/default-%.pt: | $(VENV)/.dev
+# Rendering tools and the members' features, once: `make -j3 model` then starts three trainings that find
+# them cached instead of three apt-get runs and three extractions racing for the same files.
+cache/.model-features: | $(VENV)/.dev
 	$(BIN)/python -m model_export setup
+	$(BIN)/python -m model_export extract --dataset vgmidi --root $(VGMIDI) --rate $(RATE) $(CHUNK_ARGS)
+	$(BIN)/python -m model_export extract --dataset fourq --root $(FOURQ) --rate $(RATE) $(CHUNK_ARGS)
+	touch $@
+
+cache/checkpoints/default-%.pt: | cache/.model-features
 	$(BIN)/python -m model_export train --dataset vgmidi --root $(VGMIDI) --clip-dataset fourq \
 		--clip-root $(FOURQ) --rate $(RATE) --preset $(MODEL_PRESET) $(CLIP_ARGS) $(MEMBER_ARGS_$*) \
 		$(CHUNK_ARGS) --out $@
