@@ -492,8 +492,7 @@ def _member_lines(members: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     lines = ["", "### Members", ""]
     for k, m in enumerate(members, start=1):
-        recipe = _regularisation_line(m["config"])
-        what = recipe[0].removeprefix("- Regularisation: ").rstrip(".") if recipe else "no regularisation"
+        what = "; ".join(_regularisation_parts(m["config"])) or "no regularisation"
         val = m.get("best_val_mse")
         lines.append(
             f"{k}. {what}; best epoch {m.get('best_epoch')} of {m.get('epochs_run')}, validation MSE "
@@ -503,6 +502,11 @@ def _member_lines(members: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _regularisation_line(cfg: Mapping[str, Any]) -> list[str]:
+    parts = _regularisation_parts(cfg)
+    return [f"- Regularisation: {'; '.join(parts)}."] if parts else []
+
+
+def _regularisation_parts(cfg: Mapping[str, Any]) -> list[str]:
     parts = []
     if cfg.get("weight_average"):
         parts.append(
@@ -516,7 +520,7 @@ def _regularisation_line(cfg: Mapping[str, Any]) -> list[str]:
             "graph keeps them so: the frames projected onto those directions, then the trained weights; "
             "the same function as the full-width model with fewer weights)"
         )
-    return [f"- Regularisation: {'; '.join(parts)}."] if parts else []
+    return parts
 
 
 def card_dropout(cfg: Mapping[str, Any]) -> float:

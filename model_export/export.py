@@ -247,10 +247,8 @@ def export_checkpoint(
     else:
         json.loads(metrics)  # must be JSON like every other structured key; raises ValueError
 
-    reference = ExportModule(models if len(models) > 1 else models[0], contract, smoothing).eval()
-    as_trained = [m for m, _, _ in loaded]
-    fp32_reference = ExportModule(as_trained if len(as_trained) > 1 else as_trained[0], contract, smoothing)
-    fp32_reference.eval()
+    reference = ExportModule(models, contract, smoothing).eval()
+    fp32_reference = ExportModule([m for m, _, _ in loaded], contract, smoothing).eval()
     if any(isinstance(m, SubspaceInput) for m in models):
         # The factorised graph against the model as trained: only the SVD's float rounding may differ.
         gap = _max_abs_diff_torch(reference, fp32_reference, contract)

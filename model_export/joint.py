@@ -249,7 +249,7 @@ def ensemble_result(name: str, members: Sequence[JointCVResult]) -> JointCVResul
 
     Each member was trained on the same folds, so clip by clip and frame by frame the mean of their
     predictions is exactly the prediction of a model whose output is the mean of theirs, trained
-    fold by fold as they were (an ensemble, :class:`model_export.export.EnsembleModule`). The
+    fold by fold as they were (an ensemble, :class:`model_export.export.ExportModule`). The
     causal smoothing is linear, so smoothing the mean equals the mean of the smoothed members.
 
     Args:

@@ -27,29 +27,27 @@ __all__ = ["genre_accuracy", "markdown_table", "reference_row", "result_row", "w
 
 def result_row(result: JointCVResult) -> dict[str, Any]:
     """The report row of a joint CV result."""
+    source = f"joint CV, {result.folds_run}/{result.folds_total} folds"
     if result.members:
         # The mean of several trained models: each member's recipe and early stopping, not the first's.
-        return {
-            "model": result.name,
-            "source": f"joint CV, {result.folds_run}/{result.folds_total} folds; the mean of the predictions "
-            f"of {len(result.members)} models: {', '.join(m.name for m in result.members)}",
+        source += f"; the mean of the predictions of {len(result.members)} models: " + ", ".join(
+            m.name for m in result.members
+        )
+        recipe: dict[str, Any] = {
             "members": [
                 {"model": m.name, "config": m.config.to_dict(), "best_epochs": m.epochs}
                 for m in result.members
-            ],
-            "folds": f"{result.folds_run}/{result.folds_total}",
-            "seconds": round(result.seconds, 1),
-            "clip": result.clip_scores(),
-            "frame": result.frame_scores()["summary"],
-            "frame_per_fold": result.frame_scores()["per_fold"],
-            "jitter": result.jitter(),
+            ]
         }
+        epochs: dict[str, Any] = {}
+    else:
+        recipe, epochs = {"config": result.config.to_dict()}, {"best_epochs": result.epochs}
     return {
         "model": result.name,
-        "source": f"joint CV, {result.folds_run}/{result.folds_total} folds",
-        "config": result.config.to_dict(),
+        "source": source,
+        **recipe,
         "folds": f"{result.folds_run}/{result.folds_total}",
-        "best_epochs": result.epochs,
+        **epochs,
         "seconds": round(result.seconds, 1),
         "clip": result.clip_scores(),
         "frame": result.frame_scores()["summary"],

@@ -365,17 +365,8 @@ def joint_cv(
     if smoothing is not None:
         results += [r.smoothed(smoothing) for r in results]
     rows = [reference_row(path, clip_data.clips, clip_data.features) for path in references]
-    if quoted is not None:
-        rows += json.loads(quoted.read_text())
-    if probe:
-        from model_export.baseline import PROBES, clip_probe_row
-
-        rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
-    genres = None
-    if clip_spec.dataset == "fourq":
-        from model_export.datasets.fourq import read_metadata
-
-        genres = {song: info.genres for song, info in read_metadata(clip_spec.root).items()}
+    rows += _quoted_and_probe_rows(clip_data, folds, quoted, probe)
+    genres = _clip_genres(clip_spec)
     n_frame = sum(1 for c in originals(data.clips) if c.clip_id in data.features)
     notes = (
         f"Clip-labelled `{clip_spec.dataset}` ({len(clip_data.features)} clips, {folds}-fold CV grouped by "
@@ -389,6 +380,27 @@ def joint_cv(
         results, out, f"{spec.dataset} + {clip_spec.dataset} at {spec.rate} Hz", notes, rows, genres
     )
     return results, doc
+
+
+def _quoted_and_probe_rows(
+    clip_data: LoadedData, folds: int, quoted: Path | None, probe: bool
+) -> list[dict[str, Any]]:
+    """A joint report's rows measured elsewhere (``quoted``) and its probes' rows on the same folds."""
+    rows: list[dict[str, Any]] = json.loads(quoted.read_text()) if quoted is not None else []
+    if probe:
+        from model_export.baseline import PROBES, clip_probe_row
+
+        rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
+    return rows
+
+
+def _clip_genres(clip_spec: DataSpec) -> dict[str, Sequence[str]] | None:
+    """Genres per clip id from the clip-labelled dataset's metadata (4Q), for per-genre accuracy."""
+    if clip_spec.dataset != "fourq":
+        return None
+    from model_export.datasets.fourq import read_metadata
+
+    return {song: info.genres for song, info in read_metadata(clip_spec.root).items()}
 
 
 def joint_ensemble(
@@ -459,16 +471,8 @@ def joint_ensemble(
     results = [*members, ensemble]
     if smoothing is not None:
         results += [r.smoothed(smoothing) for r in results]
-    rows = json.loads(quoted.read_text()) if quoted is not None else []
-    if probe:
-        from model_export.baseline import PROBES, clip_probe_row
-
-        rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
-    genres = None
-    if clip_spec.dataset == "fourq":
-        from model_export.datasets.fourq import read_metadata
-
-        genres = {song: info.genres for song, info in read_metadata(clip_spec.root).items()}
+    rows = _quoted_and_probe_rows(clip_data, folds, quoted, probe)
+    genres = _clip_genres(clip_spec)
     notes = (
         f"The mean of {len(members)} {preset} models' predictions, each trained on the same "
         f"{folds} folds of `{clip_spec.dataset}` (grouped by "
@@ -558,7 +562,7 @@ def export_with_card(
     elif (selected := card_metrics(card)) is not None:
         extra["mer.metrics"] = json.dumps(selected, sort_keys=True)
     path = export_checkpoint(
-        paths if len(paths) > 1 else paths[0],
+        paths,
         out,
         model_name=name,
         model_version=version,

@@ -382,7 +382,7 @@ def recover_export_module(path: str | os.PathLike[str]) -> tuple[ExportModule, M
     members = int(json.loads(meta[ENSEMBLE_KEY])["members"]) if ENSEMBLE_KEY in meta else 1
     scopes = ["/model"] if members == 1 else [f"/members.{k}" for k in range(members)]
     models = [_recover_model(config, scope, nodes, values, path) for scope in scopes]
-    module = ExportModule(models[0] if members == 1 else models, contract, smoothing)
+    module = ExportModule(models, contract, smoothing)
     return module.eval(), contract
 
 
