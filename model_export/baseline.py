@@ -28,7 +28,7 @@ from app.core.audio import decode
 from app.core.contract import OUTPUTS, transform_features
 from app.core.features import FeatureExtractor
 from app.core.types import Float64Array, FloatArray
-from model_export.clip_metrics import clip_scores
+from model_export.clip_metrics import clip_scores, scores_by_confidence
 from model_export.datasets.base import Clip, originals
 from model_export.evaluate import CVResult
 from model_export.splits import group_folds
@@ -325,6 +325,7 @@ def clip_probe_row(
         "source": source,
         "folds": f"{k}/{k}",
         "clip": clip_scores(scores, signs),
+        "by_confidence": scores_by_confidence(scores, signs, [by_id[i].confidence for i in ids]),
         "frame": None,
         "jitter": None,
     }

@@ -1,4 +1,4 @@
-"""Reports of the joint protocol: one table of clip-level and frame-level scores, figures, genres.
+"""Reports of the joint protocol: clip-level and frame-level scores, figures, genres, label confidence.
 
 Rows are :class:`~model_export.joint.JointCVResult` objects and *references*: an exported model
 scored on the same clip-labelled clips (e.g. the shipped model, which never saw them; its frame-level
@@ -18,11 +18,18 @@ import numpy as np
 from app.core.contract import OUTPUTS
 from app.core.predictor import Predictor
 from app.core.types import FloatArray
-from model_export.clip_metrics import QUADRANT_NAMES, clip_means, clip_scores
+from model_export.clip_metrics import QUADRANT_NAMES, clip_means, clip_scores, scores_by_confidence
 from model_export.datasets.base import Clip
 from model_export.joint import JointCVResult
 
-__all__ = ["genre_accuracy", "markdown_table", "reference_row", "result_row", "write_joint_report"]
+__all__ = [
+    "confidence_lines",
+    "genre_accuracy",
+    "markdown_table",
+    "reference_row",
+    "result_row",
+    "write_joint_report",
+]
 
 
 def result_row(result: JointCVResult) -> dict[str, Any]:
@@ -85,6 +92,7 @@ def reference_row(
         + (f" ({rows[0]['folds']} folds)" if rows else ""),
         "folds": "–",
         "clip": clip_scores(clip_means(preds), signs),
+        "by_confidence": scores_by_confidence(clip_means(preds), signs, [c.confidence for c in usable]),
         "frame": frame,
         "jitter": None,
     }
@@ -176,6 +184,29 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def confidence_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's table of clip scores by label confidence, for the rows that carry them."""
+    shown = [r for r in rows if r.get("by_confidence")]
+    if not shown:
+        return []
+    lines = [
+        "Clip scores by label confidence (4Q: PQuad, the share of a clip's mood tags in its quadrant), the "
+        "clips in groups of about equal size, least sure first:",
+        "",
+        "| model | confidence | clips | quadrant acc | sign A / V | AUC A / V |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in shown:
+        for part in row["by_confidence"]:
+            lo, hi = part["confidence"]
+            a, v = part["arousal"], part["valence"]
+            lines.append(
+                f"| {row['model']} | {lo:.2f}–{hi:.2f} | {part['clips']} | {_f(part['quadrant_accuracy'])} | "
+                f"{_f(a['sign_accuracy'])} / {_f(v['sign_accuracy'])} | {_f(a['auc'])} / {_f(v['auc'])} |"
+            )
+    return lines
+
+
 def _confusion_lines(row: Mapping[str, Any]) -> list[str]:
     conf = row["clip"]["confusion"]
     lines = [
@@ -226,6 +257,7 @@ def write_joint_report(
     references: Sequence[Mapping[str, Any]] = (),
     genres: Mapping[str, Sequence[str]] | None = None,
     detailed: Collection[str] | None = None,
+    confidence: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and ``clip_means.png`` for the joint protocol.
 
@@ -238,12 +270,21 @@ def write_joint_report(
             (``model``, ``source``, ``folds`` and a ``clip`` dict with any of the score keys).
         genres: Genres per clip id, for the per-genre accuracy of each result.
         detailed: Names of the results that get a genre table and a panel in the figure (``None``: all).
+        confidence: Label confidence per clip id (4Q: PQuad): every result's row gets its clip scores by
+            confidence (:func:`~model_export.clip_metrics.scores_by_confidence`), shown in one table
+            with the references' that carry them.
 
     Returns:
         The JSON content.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [*references, *(result_row(r) for r in results)]
+    result_rows = [result_row(r) for r in results]
+    if confidence is not None:
+        for scored, r in zip(result_rows, results, strict=True):
+            scored["by_confidence"] = scores_by_confidence(
+                clip_means(r.clip_predictions), r.clip_signs, [confidence[i] for i in r.clip_ids]
+            )
+    rows = [*references, *result_rows]
     doc: dict[str, Any] = {"title": title, "notes": notes, "rows": rows}
     shown = [r for r in results if detailed is None or r.name in detailed]
     if genres is not None:
@@ -257,6 +298,9 @@ def write_joint_report(
     for row in rows:
         if (row.get("clip") or {}).get("confusion"):
             lines += ["", *_confusion_lines(row)]
+    by_confidence = confidence_lines(rows)
+    if by_confidence:
+        lines += ["", *by_confidence]
     for name, table in (doc.get("genres") or {}).items():
         lines += ["", f"Quadrant accuracy per genre, {name} (genres with at least 15 clips):", ""]
         lines += ["| genre | clips | quadrant acc | arousal sign | valence sign |", "|---|---|---|---|---|"]

@@ -377,7 +377,13 @@ def joint_cv(
         f"Command: `{command}`"
     )
     doc = write_joint_report(
-        results, out, f"{spec.dataset} + {clip_spec.dataset} at {spec.rate} Hz", notes, rows, genres
+        results,
+        out,
+        f"{spec.dataset} + {clip_spec.dataset} at {spec.rate} Hz",
+        notes,
+        rows,
+        genres,
+        confidence=_clip_confidence(clip_data),
     )
     return results, doc
 
@@ -392,6 +398,11 @@ def _quoted_and_probe_rows(
 
         rows += [clip_probe_row(clip_data.clips, clip_data.features, folds, kind) for kind in PROBES]
     return rows
+
+
+def _clip_confidence(clip_data: LoadedData) -> dict[str, float]:
+    """Label confidence per clip id (4Q: PQuad), for the report's scores by confidence."""
+    return {c.clip_id: c.confidence for c in clip_data.clips}
 
 
 def _clip_genres(clip_spec: DataSpec) -> dict[str, Sequence[str]] | None:
@@ -489,6 +500,7 @@ def joint_ensemble(
         rows,
         genres,
         detailed=[r.name for r in results if r.members],
+        confidence=_clip_confidence(clip_data),
     )
     return ensemble, doc
 

@@ -74,7 +74,7 @@ def joint_run(tmp_path_factory: pytest.TempPathFactory, fourq_tree: Path) -> tup
 
 
 def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
-    joint_run: tuple[Path, list[str]],
+    joint_run: tuple[Path, list[str]], fourq_tree: Path
 ) -> None:
     tmp, _ = joint_run
     doc = json.loads((tmp / "report" / "report.json").read_text())
@@ -101,8 +101,25 @@ def test_joint_cv_reports_clip_and_frame_scores_beside_the_references(
     assert len(row["jitter"]["predictions"]) == 2
     assert doc["rows"][0]["clip"]["clips"] == 40  # the reference saw every clip
     assert doc["genres"]["LSTM_AT_400"][0]["genre"] == "Pop/Rock"
+    # Scores by label confidence (the fixture's PQuad is 0.5 + i / 80 for clip i): three groups of the 40
+    # clips for the trained rows, the probes and the reference alike; the quoted row has no clips to split.
+    for r in (row, doc["rows"][5], *doc["rows"][2:4], doc["rows"][0]):
+        parts = r["by_confidence"]
+        assert [p["clips"] for p in parts] == [13, 14, 13]
+        assert [p["confidence"] for p in parts] == [[0.5, 0.65], [0.6625, 0.825], [0.8375, 0.9875]]
+    assert "by_confidence" not in doc["rows"][1]
+    means = _clip_means_by_id(tmp / "report" / "folds")
+    least_sure = [f"MT{i:010d}" for i in range(13)]
+    want = clip_scores(
+        np.array([means[i] for i in least_sure], np.float32),
+        np.array([_signs(_quadrant(fourq_tree, i)) for i in least_sure]),
+    )
+    assert row["by_confidence"][0]["quadrant_accuracy"] == pytest.approx(want["quadrant_accuracy"])
+    assert row["by_confidence"][0]["arousal"]["auc"] == pytest.approx(want["arousal"]["auc"])
     md = (tmp / "report" / "report.md").read_text()
     assert "| LSTM_AT_400 |" in md
+    assert "Clip scores by label confidence" in md
+    assert "| LSTM_AT_400 | 0.50–0.65 | 13 |" in md
     assert "Confusion matrix of LSTM_AT_400" in md
     assert (tmp / "report" / "clip_means.png").stat().st_size > 1000
     # The clip labels were learnt: the clip means rank arousal better than chance, out of fold.
@@ -336,8 +353,7 @@ def test_the_mean_of_finished_cvs_is_reported_from_their_stored_folds(
     )
     a, b = _clip_means_by_id(tmp / "report" / "folds"), _clip_means_by_id(other / "folds")
     ids = sorted(a)
-    signs = np.array([[1.0 if q in ("Q1", "Q2") else -1.0, 1.0 if q in ("Q1", "Q4") else -1.0]
-                      for q in (_quadrant(fourq_tree, i) for i in ids)])  # fmt: skip
+    signs = np.array([_signs(_quadrant(fourq_tree, i)) for i in ids])
     want = clip_scores(np.array([(a[i] + b[i]) / 2 for i in ids], np.float32), signs)
     assert row["clip"]["quadrant_accuracy"] == pytest.approx(want["quadrant_accuracy"])
     for d in ("arousal", "valence"):
@@ -369,3 +385,8 @@ def test_the_mean_of_finished_cvs_is_reported_from_their_stored_folds(
 def _quadrant(tree: Path, song: str) -> str:
     rows = (tree / "annotations.csv").read_text().splitlines()[1:]
     return dict(line.split(",")[:2] for line in rows)[song]
+
+
+def _signs(quadrant: str) -> list[float]:
+    """Arousal and valence signs of a quadrant's label."""
+    return [1.0 if quadrant in ("Q1", "Q2") else -1.0, 1.0 if quadrant in ("Q1", "Q4") else -1.0]
