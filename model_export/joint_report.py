@@ -76,7 +76,7 @@ def reference_row(
     """
     predictor = Predictor.load(model_path, providers="cpu", intra_op_threads=0, warmup=False)
     usable = [c for c in clips if c.clip_id in features]
-    preds = [predictor.predict(features[c.clip_id]) for c in usable]
+    means = clip_means([predictor.predict(features[c.clip_id]) for c in usable])
     signs = np.asarray([np.sign(c.targets[0]) for c in usable], np.float32)
     card = json.loads(predictor.metadata.get("mer.card", "null") or "null") or {}
     cv = (card.get("cross_validation") or {}).get("this_preset")
@@ -91,8 +91,8 @@ def reference_row(
         "source": f"{model_path.name} on all {len(usable)} clips; frame scores from its card's CV"
         + (f" ({rows[0]['folds']} folds)" if rows else ""),
         "folds": "–",
-        "clip": clip_scores(clip_means(preds), signs),
-        "by_confidence": scores_by_confidence(clip_means(preds), signs, [c.confidence for c in usable]),
+        "clip": clip_scores(means, signs),
+        "by_confidence": scores_by_confidence(means, signs, [c.confidence for c in usable]),
         "frame": frame,
         "jitter": None,
     }
